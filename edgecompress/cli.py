@@ -1,0 +1,226 @@
+"""The `edgecompress` command line: a thin layer over the Python API.
+
+Every command is one call into the package; heavy modules (torch's exporters,
+onnxruntime, LiteRT, torchvision) are imported inside the commands, so
+`edgecompress --help` starts instantly. A `UserError` anywhere becomes one line
+on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgecompress import __version__
+from edgecompress.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_input_size(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"--input-size {value!r} is not a list of integers; write it as C,H,W, e.g. 3,224,224") from None
+    if len(dims) != 3 or min(dims) <= 0:
+        raise UserError(f"--input-size {value!r} must be three positive integers C,H,W, e.g. 1,28,28")
+    return dims
+
+
+def _parse_threads(value: str) -> list[int]:
+    try:
+        threads = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--threads {value!r} is not a comma-separated list of integers, e.g. 1,2") from None
+    bad = [t for t in threads if t <= 0]
+    if not threads or bad:
+        raise UserError(f"--threads {value!r}: thread counts must be positive integers, e.g. --threads 1,2")
+    return threads
+
+
+def _load(model: str, arch: str | None, trust: bool, input_size: str | None):
+    """Load MODEL and decide its input shape (from --input-size, the model, or an error)."""
+    from edgecompress.models.loading import load_model
+
+    loaded = load_model(model, arch=arch, trust_model_file=trust)
+    shape = _parse_input_size(input_size) or loaded.input_shape
+    if shape is None:
+        raise UserError(f"cannot tell the input size of {model!r}; pass --input-size C,H,W (e.g. 3,224,224)")
+    return loaded, tuple(shape)
+
+
+def model_options(f):
+    f = click.option("--arch", default=None, help="Architecture for a state_dict file: zoo:NAME or torchvision:NAME.")(f)
+    f = click.option(
+        "--trust-model-file",
+        is_flag=True,
+        help="Allow unpickling a whole pickled nn.Module (runs code from the file: only for files you trust).",
+    )(f)
+    f = click.option("--input-size", default=None, metavar="C,H,W", help="Input shape without batch, e.g. 3,224,224.")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgecompress")
+def cli() -> None:
+    """Compress PyTorch models for phones, with latency measured on the device.
+
+    MODEL is zoo:NAME, torchvision:NAME, a .pt file (edgecompress checkpoint,
+    TorchScript, a state_dict with --arch, or a pickled module with
+    --trust-model-file) or package.module:function.
+    """
+
+
+@cli.command()
+@click.argument("pattern", default="*")
+def models(pattern: str) -> None:
+    """List the model zoo (optionally filtered by a glob PATTERN)."""
+    from edgecompress.models import list_models
+
+    for name in list_models(pattern):
+        click.echo(f"zoo:{name}")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON document.")
+def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: str | None, as_json: bool) -> None:
+    """Per-layer params, MACs and activation traffic of MODEL."""
+    from edgecompress.graph import analyze as run_analysis
+
+    loaded, shape = _load(model, arch, trust_model_file, input_size)
+    result = run_analysis(loaded.model, shape)
+    if as_json:
+        doc = result.to_dict()
+        doc["model"] = model
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        from rich.console import Console
+
+        result.render_table(console=Console(), title=f"{model}  input {'x'.join(map(str, shape))}")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
+@click.option("--format", "formats", default="onnx,tflite", show_default=True, help="Comma-separated: onnx, tflite.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--allow-mismatch", is_flag=True, help="Keep files whose parity check failed (loudly reported).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def export(model, arch, trust_model_file, input_size, formats, out, allow_mismatch, force) -> None:
+    """Export MODEL to ONNX/TFLite and check numeric parity in each runtime."""
+    import torch
+
+    from edgecompress.export import export_model
+    from edgecompress.fsutil import atomic_directory
+
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    loaded, shape = _load(model, arch, trust_model_file, input_size)
+    example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    with atomic_directory(out, force=force) as tmp:
+        results = export_model(loaded.model, example, tmp, formats=fmts, allow_mismatch=allow_mismatch)
+    for r in results:
+        p = r.parity
+        status = "ok" if p.passed else "MISMATCH (kept: --allow-mismatch)"
+        click.echo(
+            f"{r.format:7s} {out / r.path.name}  {r.size_bytes / 1e6:.2f} MB  "
+            f"parity {status}: max|diff| {p.max_abs_diff:.2e}, top-1 agreement {p.top1_agreement:.1%} "
+            f"({p.n_samples} inputs, {p.runtime})"
+        )
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--device", "device_spec", default="host", show_default=True, help="host, adb:SERIAL or a profile name.")
+@click.option("--threads", default="1", show_default=True, help="Comma-separated thread counts, e.g. 1,2.")
+@click.option("--runs", default=50, show_default=True, help="Timed runs per trial.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed warm-up runs per trial.")
+@click.option("--trials", default=3, show_default=True, help="Trials, each in a fresh process.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def bench(artifact: Path, device_spec: str, threads: str, runs: int, warmup: int, trials: int, as_json: bool) -> None:
+    """Measure p50/p90 latency of an .onnx or .tflite file on a device."""
+    thread_list = _parse_threads(threads)
+    from edgecompress.devices import get_device
+
+    device = get_device(device_spec)
+    results = [device.measure(artifact, threads=t, runs=runs, warmup=warmup, trials=trials) for t in thread_list]
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{artifact.name} on {device.name}")
+    for col in ("runtime", "threads", "p50 ms", "p90 ms", "mean ms", "std ms", "runs"):
+        table.add_column(col, justify="right" if col != "runtime" else "left")
+    for r in results:
+        table.add_row(
+            f"{r.runtime} {r.runtime_version}", str(r.threads), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}",
+            f"{r.mean_ms:.3f}", f"{r.std_ms:.3f}", str(r.runs),
+        )
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the device list with fingerprints as JSON.")
+def devices(as_json: bool) -> None:
+    """List the devices latency can be measured on."""
+    from edgecompress.devices import list_devices
+
+    found = list_devices()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for d in found:
+        fp = d.get("fingerprint", {})
+        click.echo(f"{d['name']:10s} {fp.get('cpu_model', '?')}  ({fp.get('logical_cores', '?')} cores, id {fp.get('id', '?')})")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
+@click.option("--recipe", "recipe_path", required=True, type=click.Path(path_type=Path), help="Recipe YAML.")
+@click.option("--device", "device_spec", default="host", show_default=True, help="Where latency is measured.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Dataset folder (else $EDGECOMPRESS_DATA or the Debian package's).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def compress(model, arch, trust_model_file, input_size, recipe_path, device_spec, out, data_dir, force) -> None:
+    """The main job: run RECIPE on MODEL and write a deployable bundle with its report."""
+    from edgecompress.pipeline import load_recipe, run_compress
+
+    recipe = load_recipe(recipe_path)
+    if out.exists() and not force:  # fail before any expensive work
+        raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    run_compress(
+        model, recipe, device=device_spec, out=out, data_dir=data_dir, arch=arch,
+        trust_model_file=trust_model_file, input_shape=_parse_input_size(input_size), force=force,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"edgecompress: error: {e}", err=True)
+        return EXIT_USER_ERROR
+    except click.exceptions.Abort:
+        click.echo("edgecompress: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("edgecompress: interrupted; outputs were not written (work in progress is discarded)", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

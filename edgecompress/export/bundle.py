@@ -1,0 +1,170 @@
+"""The artifact bundle: what `compress` hands the user.
+
+A bundle is a directory with the exported models, `report.json` (versioned
+schema), `report.md` (the same, readable), the recipe it ran and `manifest.json`
+(sha256 and size of every file, versions, seeds, device fingerprint). The caller
+writes it inside `fsutil.atomic_directory`, so a bundle either exists complete
+or not at all; `manifest.json` is written last and `verify_bundle` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgecompress.fsutil import atomic_write_json, atomic_write_text, sha256_file
+
+REPORT_SCHEMA = "edgecompress.report/1"
+MANIFEST_SCHEMA = "edgecompress.manifest/1"
+RUNTIME_LABEL = {"onnxruntime": "ORT", "litert": "LiteRT"}
+FORMAT_LABEL = {"onnx": "ONNX", "tflite": "TFLite"}
+
+
+def human(n: float | None, unit: str = "") -> str:
+    """3 504 872 -> '3.50 M'; None -> '–'."""
+    if n is None:
+        return "–"
+    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:g}{' ' + unit if unit else ''}"
+
+
+def _pct(acc: dict | None) -> str:
+    return "–" if not acc else f"{100 * acc['top1']:.2f}%"
+
+
+def _latency_keys(report: dict) -> list[tuple[str, str, int]]:
+    """(format, runtime, threads) triples measured in either variant, in a stable order."""
+    keys = set()
+    for variant in report["variants"].values():
+        for fmt, art in variant.get("artifacts", {}).items():
+            for lat in art.get("latency", []):
+                keys.add((fmt, lat["runtime"], lat["threads"]))
+    return sorted(keys)
+
+
+def _latency(variant: dict, fmt: str, threads: int, field: str) -> float | None:
+    for lat in variant.get("artifacts", {}).get(fmt, {}).get("latency", []):
+        if lat["threads"] == threads:
+            return lat[field]
+    return None
+
+
+def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, before, after, after/before) rows of the before/after table."""
+    before, after = report["variants"]["before"], report["variants"]["after"]
+
+    def ratio(b: float | None, a: float | None, invert: bool = False) -> str:
+        if not b or not a:
+            return ""
+        return f"{(b / a if invert else a / b):.2f}x"
+
+    rows = [
+        ("top-1, PyTorch", _pct(before.get("accuracy")), _pct(after.get("accuracy")), ""),
+    ]
+    for fmt in sorted(set(before.get("artifacts", {})) | set(after.get("artifacts", {}))):
+        b, a = before["artifacts"].get(fmt, {}), after["artifacts"].get(fmt, {})
+        rows.append((f"top-1, {FORMAT_LABEL.get(fmt, fmt)} file", _pct(b.get("accuracy")), _pct(a.get("accuracy")), ""))
+    rows.append(("params", human(before["params"]), human(after["params"]), ratio(before["params"], after["params"])))
+    rows.append(("MACs", human(before["macs"]), human(after["macs"]), ratio(before["macs"], after["macs"])))
+    for fmt in sorted(before.get("artifacts", {})):
+        b, a = before["artifacts"][fmt], after["artifacts"].get(fmt, {})
+        rows.append((f"size, {FORMAT_LABEL.get(fmt, fmt)}", human(b.get("size_bytes"), "B"), human(a.get("size_bytes"), "B"),
+                     ratio(b.get("size_bytes"), a.get("size_bytes"))))
+    for fmt, runtime, threads in _latency_keys(report):
+        for field, label in (("p50_ms", "p50"), ("p90_ms", "p90")):
+            b, a = _latency(before, fmt, threads, field), _latency(after, fmt, threads, field)
+            rows.append((
+                f"{label} ms, {RUNTIME_LABEL.get(runtime, runtime)} {threads}T",
+                "–" if b is None else f"{b:.3f}", "–" if a is None else f"{a:.3f}",
+                ratio(b, a, invert=True) + (" faster" if field == "p50_ms" and b and a else ""),
+            ))
+    return rows
+
+
+def render_markdown(report: dict) -> str:
+    """report.md: the before/after table, parity, latency details, device and notes."""
+    m = report["model"]
+    dev = report["device"]
+    fp = dev.get("fingerprint", {})
+    lines = [
+        f"# edgecompress report: {report['recipe']['name']}",
+        "",
+        f"- model: `{m['spec']}`, input {'x'.join(map(str, m['input_shape']))}",
+        f"- device: **{dev['name']}** — {fp.get('cpu_model', '?')}, {fp.get('logical_cores', '?')} logical cores, "
+        f"fingerprint `{fp.get('id', '?')}`" + (" (host CPU measurements, not a phone)" if dev["name"] == "host" else ""),
+        f"- accuracy on: {report['dataset']['name']} {report['dataset']['split']} split, {report['dataset']['n']} images",
+        f"- steps applied: {', '.join(report['steps_applied']) or 'none'}",
+        f"- created: {report['created_utc']} by edgecompress {report['versions'].get('edgecompress')}",
+        "",
+        "## Before / after",
+        "",
+        "| metric | before | after | after vs before |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(report)]
+    lines += ["", "## Exported files", "", "| variant | file | size | parity max abs diff | top-1 agreement | top-1 (file) |",
+              "|---|---|---:|---:|---:|---:|"]
+    for vname, variant in report["variants"].items():
+        for fmt, art in variant.get("artifacts", {}).items():
+            p = art["parity"]
+            lines.append(f"| {vname} | `{art['file']}` | {human(art['size_bytes'], 'B')} | {p['max_abs_diff']:.2e} | "
+                         f"{100 * p['top1_agreement']:.1f}% | {_pct(art.get('accuracy'))} |")
+    lines += ["", "## Latency", "", "Median (p50) and p90 over all timed runs of all trials; each trial in a fresh process, "
+              "variants interleaved trial by trial.", "",
+              "| variant | file | runtime | threads | p50 ms | p90 ms | mean ms | std ms | runs x trials |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for vname, variant in report["variants"].items():
+        for fmt, art in variant.get("artifacts", {}).items():
+            for lat in art.get("latency", []):
+                lines.append(f"| {vname} | `{art['file']}` | {lat['runtime']} {lat['runtime_version']} | {lat['threads']} | "
+                             f"{lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['mean_ms']:.3f} | {lat['std_ms']:.3f} | "
+                             f"{lat['runs']} x {lat['trials']} |")
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in sorted(report["versions"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_bundle_files(bundle_dir: Path, report: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """Write report.json, report.md, recipe.yaml and, last, manifest.json into `bundle_dir`."""
+    import yaml
+
+    bundle_dir = Path(bundle_dir)
+    atomic_write_json(bundle_dir / "report.json", report)
+    atomic_write_text(bundle_dir / "report.md", render_markdown(report))
+    atomic_write_text(bundle_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+    files = {}
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        rel = path.relative_to(bundle_dir).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "files": files,
+        "versions": report["versions"],
+        "recipe": recipe,
+        "seed": recipe.get("seed"),
+        "device": report["device"],
+        "created_utc": report["created_utc"],
+    }
+    atomic_write_json(bundle_dir / "manifest.json", manifest)
+    return manifest
+
+
+def verify_bundle(bundle_dir: str | Path) -> list[str]:
+    """Problems found in a bundle (missing files, wrong sizes or hashes); empty when intact."""
+    bundle_dir = Path(bundle_dir)
+    mpath = bundle_dir / "manifest.json"
+    if not mpath.is_file():
+        return [f"{mpath} missing: not a complete bundle"]
+    manifest = json.loads(mpath.read_text())
+    problems = []
+    for rel, meta in manifest["files"].items():
+        path = bundle_dir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != meta["size_bytes"] or sha256_file(path) != meta["sha256"]:
+            problems.append(f"{rel}: content differs from the manifest")
+    return problems

@@ -1,0 +1,227 @@
+"""The main job: model + recipe + device -> bundle.
+
+Order of work: check every input cheaply first (bundle path, device, model, data)
+so that bad input fails in a second with nothing written; then profile the
+original model (accuracy, cost), apply the recipe's compression steps, export
+both the original and the compressed model with parity checks, evaluate every
+exported file in its own runtime, measure latency of all of them interleaved on
+the device, and write the bundle atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecompress import __version__
+from edgecompress.errors import UserError
+from edgecompress.pipeline.recipe import Recipe
+from edgecompress.pipeline.steps import StepContext, get_step
+
+
+def _console():
+    from rich.console import Console
+
+    # Progress and tables go to stderr/stdout of a real terminal; plain text in CI logs.
+    return Console(stderr=True)
+
+
+def _load_data(recipe: Recipe, input_shape: tuple[int, ...], data_dir: Path | None):
+    if recipe.data.dataset == "fashion-mnist":
+        from edgecompress.data.fashion_mnist import fashion_mnist_splits
+
+        return fashion_mnist_splits(input_shape, data_dir=data_dir, val_size=recipe.data.val_size, seed=recipe.seed)
+    from edgecompress.data.image_folder import image_folder_splits
+
+    return image_folder_splits(recipe.data.path, input_shape, val_size=recipe.data.val_size, seed=recipe.seed)
+
+
+def _eval_subset(recipe: Recipe, splits):
+    ds = getattr(splits, recipe.evaluate.split)
+    n = recipe.evaluate.max_samples
+    if n is not None and n < len(ds):
+        ds = torch.utils.data.Subset(ds, range(n))
+    return ds
+
+
+def _versions() -> dict[str, str | None]:
+    from edgecompress.export.runtimes import runtime_versions
+
+    return {"edgecompress": __version__, "python": platform.python_version(), **runtime_versions()}
+
+
+def _profile_model(model: torch.nn.Module, input_shape, loader, console) -> dict[str, Any]:
+    from edgecompress.graph import analyze
+    from edgecompress.train import evaluate
+
+    cost = analyze(model, input_shape)
+    acc = evaluate(model, loader, progress=console.is_terminal)
+    return {
+        "params": cost.total_params,
+        "macs": cost.total_macs,
+        "act_bytes": cost.total_act_bytes,
+        "accuracy": {"top1": acc.top1, "top5": acc.top5, "loss": acc.loss, "n": acc.n, "evaluated_on": "pytorch"},
+        "artifacts": {},
+    }
+
+
+def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, calib_inputs, console) -> dict[str, Any]:
+    from edgecompress.export import export_model
+    from edgecompress.export.artifact_eval import evaluate_artifact
+
+    example = calib_inputs[:1]
+    results = export_model(
+        model, example, out_dir, formats=recipe.export.formats, allow_mismatch=recipe.export.allow_mismatch,
+        parity_inputs=calib_inputs,
+    )
+    arts = {}
+    for r in results:
+        entry = {"file": r.path.name, "size_bytes": r.size_bytes, "parity": r.parity.to_dict(), "export_seconds": r.seconds}
+        if recipe.export.evaluate_artifacts:
+            console.log(f"evaluating {r.path.name} in {r.parity.runtime} over {len(loader.dataset)} images")
+            entry["accuracy"] = evaluate_artifact(r.path, loader)
+        arts[r.format] = entry
+    return arts
+
+
+def run_compress(
+    model_spec: str,
+    recipe: Recipe,
+    *,
+    device: str = "host",
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    arch: str | None = None,
+    trust_model_file: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run `recipe` on the model named by `model_spec`; write the bundle to `out`; return the report."""
+    from edgecompress.data.calibration import make_loader
+    from edgecompress.devices import get_device
+    from edgecompress.export.bundle import comparison_rows, write_bundle_files
+    from edgecompress.fsutil import atomic_directory
+    from edgecompress.latency.interleave import measure_interleaved
+    from edgecompress.models.loading import load_model, save_checkpoint
+    from edgecompress.train import seed_everything
+
+    console = _console()
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    dev = get_device(device)
+    loaded = load_model(model_spec, arch=arch, trust_model_file=trust_model_file)
+    shape = tuple(input_shape or loaded.input_shape or ())
+    if not shape:
+        raise UserError(f"cannot tell the input size of {model_spec!r}; pass --input-size C,H,W")
+    splits = _load_data(recipe, shape, data_dir)
+    seed_everything(recipe.seed)
+
+    eval_ds = _eval_subset(recipe, splits)
+    loader = make_loader(eval_ds, batch_size=recipe.evaluate.batch_size, shuffle=False, seed=recipe.seed)
+    # Parity inputs are real images (not noise): that is what the deployed model sees.
+    calib_inputs = next(iter(make_loader(splits.val or splits.test, batch_size=recipe.export.parity_samples,
+                                         shuffle=True, seed=recipe.seed)))[0]
+    work_dir = out.with_name(f".{out.name}.work")
+    notes: list[str] = []
+
+    with atomic_directory(out, force=force) as bundle:
+        console.rule(f"[bold]edgecompress compress[/] {model_spec} — recipe {recipe.name} — device {dev.name}")
+        model = loaded.model.eval()
+        console.log("before: evaluating and analysing the original model")
+        before = _profile_model(model, shape, loader, console)
+
+        compressed = model
+        applied = []
+        if recipe.steps:
+            compressed = copy.deepcopy(model)
+            ctx = StepContext(input_shape=shape, seed=recipe.seed, splits=splits, device=dev, work_dir=work_dir)
+            for name, params in recipe.steps:
+                console.log(f"step {name} {params}")
+                compressed = get_step(name)(compressed, params, ctx).eval()
+                applied.append(name)
+        unchanged = not applied
+
+        console.log("exporting " + ", ".join(recipe.export.formats) + " with parity checks")
+        if unchanged:
+            before["artifacts"] = _export_variant(model, shape, bundle, recipe, loader, calib_inputs, console)
+            after = copy.deepcopy(before)
+            notes.append("The recipe has no compression steps: 'after' is the original model, measured once.")
+        else:
+            before["artifacts"] = _export_variant(model, shape, bundle / "baseline", recipe, loader, calib_inputs, console)
+            for art in before["artifacts"].values():
+                art["file"] = f"baseline/{art['file']}"
+            after = _profile_model(compressed, shape, loader, console)
+            after["artifacts"] = _export_variant(compressed, shape, bundle, recipe, loader, calib_inputs, console)
+
+        m = recipe.measure
+        paths = {}
+        for vname, variant in (("before", before), ("after", after)):
+            if vname == "after" and unchanged:
+                break
+            for fmt, art in variant["artifacts"].items():
+                paths[(vname, fmt)] = bundle / art["file"]
+        console.log(f"measuring latency on {dev.name}: {len(paths)} files x threads {list(m.threads)} x {m.trials} trials, "
+                    f"{m.runs} runs each (interleaved)")
+        results = measure_interleaved(
+            dev, list(paths.values()), m.threads, runs=m.runs, warmup=m.warmup, trials=m.trials,
+            on_trial=lambda a, t, i: console.log(f"  trial {i + 1}/{m.trials}: {a.name} @ {t} thread(s)"),
+        )
+        for (vname, fmt), path in paths.items():
+            variant = before if vname == "before" else after
+            variant["artifacts"][fmt]["latency"] = [
+                {k: v for k, v in results[(path, t)].to_dict().items() if k not in ("samples_ms", "fingerprint")}
+                for t in m.threads
+            ]
+        if unchanged:
+            after = copy.deepcopy(before)
+
+        if loaded.arch is not None:
+            save_checkpoint(compressed, bundle / "model.pt", arch_spec=loaded.arch["spec"],
+                            arch_kwargs=loaded.arch.get("kwargs", {}), input_shape=shape,
+                            meta={"recipe": recipe.name, "steps": applied})
+        else:
+            notes.append(f"No model.pt in the bundle: {model_spec!r} has no recorded architecture to rebuild it from.")
+        if dev.name == "host":
+            notes.append("Latency was measured on the host CPU, not on a phone; int8 speed-ups in particular differ on ARM.")
+
+        report = {
+            "schema": "edgecompress.report/1",
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"spec": model_spec, "arch": loaded.arch, "input_shape": list(shape)},
+            "recipe": recipe.to_dict(),
+            "device": {"name": dev.name, "fingerprint": dev.fingerprint()},
+            "dataset": {"name": recipe.data.dataset, "split": recipe.evaluate.split, "n": len(eval_ds)},
+            "steps_applied": applied,
+            "variants": {"before": before, "after": after},
+            "versions": _versions(),
+            "notes": notes,
+        }
+        write_bundle_files(bundle, report, recipe.to_dict())
+
+    _print_table(report, out)
+    return report
+
+
+def _print_table(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecompress.export.bundle import comparison_rows
+
+    table = Table(title=f"{report['model']['spec']} on {report['device']['name']}")
+    table.add_column("metric")
+    for col in ("before", "after", "after vs before"):
+        table.add_column(col, justify="right")
+    for row in comparison_rows(report):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for note in report["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"bundle written to {out}/ (report.md, report.json, manifest.json)")
