@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgecompress.devices import LocalDevice, get_device, list_devices, list_profiles, load_profile
+from edgecompress.errors import UserError
+
+
+def test_get_device_host_and_errors():
+    assert isinstance(get_device("host"), LocalDevice)
+    with pytest.raises(UserError) as info:
+        get_device("adb:emulator-5554")
+    assert str(info.value) == (
+        "device 'adb:emulator-5554' needs the Android support, which this build does not have yet; use --device host"
+    )
+    with pytest.raises(UserError, match=r"unknown device 'hots' \(did you mean host\?\); valid: host"):
+        get_device("hots")
+
+
+def test_list_devices_has_host_with_fingerprint():
+    devices = list_devices()
+    assert [d["name"] for d in devices] == ["host"]
+    fp = devices[0]["fingerprint"]
+    assert fp["id"] == LocalDevice().fingerprint()["id"] and fp["logical_cores"] >= 1
+    assert devices[0]["runtimes"] == ["onnxruntime", "litert"]
+    json.dumps(devices)  # the CLI prints it as JSON
+
+
+def test_host_profile():
+    assert "host" in list_profiles()
+    p = load_profile("host")
+    assert (p.name, p.connection, p.runtimes, p.threads) == ("host", "host", ("onnxruntime", "litert"), (1, 2))
+    assert (p.runs, p.warmup, p.trials) == (50, 10, 3)
+    assert p.to_dict()["threads"] == [1, 2]
+
+
+def test_profiles_from_env_and_path(tmp_path, monkeypatch):
+    (tmp_path / "pixel.yaml").write_text(
+        "connection: adb\nabi: arm64-v8a\ncpu_mask: f0\nruntimes: [litert]\nthreads: [1, 4]\n"
+        "binaries: {litert: /data/local/tmp/benchmark_model}\nflags: {litert: [--use_xnnpack=true]}\n"
+    )
+    (tmp_path / "typo.yaml").write_text("connection: host\nruntimes: [onnxruntime]\nthreads: [1]\nwarmpu: 3\n")
+    (tmp_path / "badthreads.yaml").write_text("connection: host\nruntimes: [onnxruntime]\nthreads: [0]\n")
+    monkeypatch.setenv("EDGECOMPRESS_PROFILES", str(tmp_path))
+    assert list_profiles() == ["badthreads", "pixel", "typo"]
+    p = load_profile("pixel")
+    assert (p.name, p.cpu_mask, p.threads, p.runs) == ("pixel", "f0", (1, 4), 50)
+    assert load_profile(tmp_path / "pixel.yaml") == p
+    with pytest.raises(UserError, match=r"unknown key 'warmpu' \(did you mean warmup\?\)"):
+        load_profile("typo")
+    with pytest.raises(UserError, match=r"threads must be a non-empty list of positive integers, got \[0\]"):
+        load_profile("badthreads")
+    with pytest.raises(UserError, match=r"unknown device profile 'pixle' \(did you mean pixel\?\)"):
+        load_profile("pixle")
+    with pytest.raises(UserError, match="does not exist"):
+        load_profile(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="needs the Android support"):
+        get_device("pixel")
+
+
+def test_importing_devices_does_not_import_runtimes():
+    code = (
+        "import sys, json\n"
+        "import edgecompress.devices as d, edgecompress.latency.stats\n"
+        "d.list_devices(); d.get_device('host').fingerprint(); d.load_profile('host')\n"
+        "heavy = ('onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'litert_torch', 'torch', 'torchvision', 'onnx')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout) == []
