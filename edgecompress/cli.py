@@ -43,12 +43,21 @@ def _parse_threads(value: str) -> list[int]:
     return threads
 
 
-def _load(model: str, arch: str | None, trust: bool, input_size: str | None):
-    """Load MODEL and decide its input shape (from --input-size, the model, or an error)."""
+def _load(model: str, arch: str | None, trust: bool, input_size: str | None, num_classes: int | None = None):
+    """Load MODEL and decide its input shape (from --input-size, the model, or an error).
+
+    For architectures we build (zoo:, torchvision:, --arch), --input-size C,H,W also
+    configures the model: C input channels, small-input stems for H <= 64.
+    """
     from edgecompress.models.loading import load_model
 
-    loaded = load_model(model, arch=arch, trust_model_file=trust)
-    shape = _parse_input_size(input_size) or loaded.input_shape
+    size = _parse_input_size(input_size)
+    builds = model.startswith(("zoo:", "torchvision:")) or arch is not None
+    loaded = load_model(
+        model, arch=arch, trust_model_file=trust, num_classes=num_classes,
+        in_channels=size[0] if size and builds else None, input_size=size[1] if size and builds else None,
+    )
+    shape = size or loaded.input_shape
     if shape is None:
         raise UserError(f"cannot tell the input size of {model!r}; pass --input-size C,H,W (e.g. 3,224,224)")
     return loaded, tuple(shape)
@@ -62,6 +71,7 @@ def model_options(f):
         help="Allow unpickling a whole pickled nn.Module (runs code from the file: only for files you trust).",
     )(f)
     f = click.option("--input-size", default=None, metavar="C,H,W", help="Input shape without batch, e.g. 3,224,224.")(f)
+    f = click.option("--num-classes", default=None, type=int, help="Classifier outputs, for architectures built here (zoo:, torchvision:, --arch).")(f)
     return f
 
 
@@ -90,11 +100,12 @@ def models(pattern: str) -> None:
 @click.argument("model")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON document.")
-def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: str | None, as_json: bool) -> None:
+def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: str | None, num_classes: int | None,
+            as_json: bool) -> None:
     """Per-layer params, MACs and activation traffic of MODEL."""
     from edgecompress.graph import analyze as run_analysis
 
-    loaded, shape = _load(model, arch, trust_model_file, input_size)
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
     result = run_analysis(loaded.model, shape)
     if as_json:
         doc = result.to_dict()
@@ -103,7 +114,11 @@ def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: st
     else:
         from rich.console import Console
 
-        result.render_table(console=Console(), title=f"{model}  input {'x'.join(map(str, shape))}")
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: wide enough that layer names don't wrap
+            console = Console(width=140)
+        console.print(f"[bold]{model}[/]  input {'x'.join(map(str, shape))}")
+        result.render_table(console=console)
 
 
 @cli.command()
@@ -113,7 +128,7 @@ def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: st
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--allow-mismatch", is_flag=True, help="Keep files whose parity check failed (loudly reported).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def export(model, arch, trust_model_file, input_size, formats, out, allow_mismatch, force) -> None:
+def export(model, arch, trust_model_file, input_size, num_classes, formats, out, allow_mismatch, force) -> None:
     """Export MODEL to ONNX/TFLite and check numeric parity in each runtime."""
     import torch
 
@@ -121,7 +136,9 @@ def export(model, arch, trust_model_file, input_size, formats, out, allow_mismat
     from edgecompress.fsutil import atomic_directory
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    loaded, shape = _load(model, arch, trust_model_file, input_size)
+    if out.exists() and not force:  # fail before any expensive work
+        raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
     example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     with atomic_directory(out, force=force) as tmp:
         results = export_model(loaded.model, example, tmp, formats=fmts, allow_mismatch=allow_mismatch)
@@ -190,17 +207,18 @@ def devices(as_json: bool) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Dataset folder (else $EDGECOMPRESS_DATA or the Debian package's).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def compress(model, arch, trust_model_file, input_size, recipe_path, device_spec, out, data_dir, force) -> None:
+def compress(model, arch, trust_model_file, input_size, num_classes, recipe_path, device_spec, out, data_dir, force) -> None:
     """The main job: run RECIPE on MODEL and write a deployable bundle with its report."""
     from edgecompress.pipeline import load_recipe, run_compress
 
     recipe = load_recipe(recipe_path)
     if out.exists() and not force:  # fail before any expensive work
         raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
-    run_compress(
-        model, recipe, device=device_spec, out=out, data_dir=data_dir, arch=arch,
-        trust_model_file=trust_model_file, input_shape=_parse_input_size(input_size), force=force,
-    )
+    from edgecompress.devices import get_device
+
+    get_device(device_spec)  # an unknown device fails before the model is loaded
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
+    run_compress(loaded, recipe, device=device_spec, out=out, data_dir=data_dir, input_shape=shape, force=force)
 
 
 def main(argv: list[str] | None = None) -> int:

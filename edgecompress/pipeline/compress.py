@@ -20,6 +20,7 @@ import torch
 
 from edgecompress import __version__
 from edgecompress.errors import UserError
+from edgecompress.models.loading import LoadedModel
 from edgecompress.pipeline.recipe import Recipe
 from edgecompress.pipeline.steps import StepContext, get_step
 
@@ -90,7 +91,7 @@ def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, c
 
 
 def run_compress(
-    model_spec: str,
+    model: str | LoadedModel,
     recipe: Recipe,
     *,
     device: str = "host",
@@ -101,7 +102,10 @@ def run_compress(
     input_shape: tuple[int, ...] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Run `recipe` on the model named by `model_spec`; write the bundle to `out`; return the report."""
+    """Run `recipe` on `model` (a spec like 'zoo:resnet20' or a loaded model); write the bundle to `out`.
+
+    Returns the report (also in the bundle as report.json).
+    """
     from edgecompress.data.calibration import make_loader
     from edgecompress.devices import get_device
     from edgecompress.export.bundle import comparison_rows, write_bundle_files
@@ -115,7 +119,8 @@ def run_compress(
     if out.exists() and not force:
         raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
     dev = get_device(device)
-    loaded = load_model(model_spec, arch=arch, trust_model_file=trust_model_file)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, arch=arch, trust_model_file=trust_model_file)
+    model_spec = loaded.spec
     shape = tuple(input_shape or loaded.input_shape or ())
     if not shape:
         raise UserError(f"cannot tell the input size of {model_spec!r}; pass --input-size C,H,W")
