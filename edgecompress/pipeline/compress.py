@@ -85,7 +85,7 @@ def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, c
         entry = {"file": r.path.name, "size_bytes": r.size_bytes, "parity": r.parity.to_dict(), "export_seconds": r.seconds}
         if recipe.export.evaluate_artifacts:
             console.log(f"evaluating {r.path.name} in {r.parity.runtime} over {len(loader.dataset)} images")
-            entry["accuracy"] = evaluate_artifact(r.path, loader)
+            entry["accuracy"] = evaluate_artifact(r.path, loader, progress=console.is_terminal)
         arts[r.format] = entry
     return arts
 
