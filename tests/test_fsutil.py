@@ -42,3 +42,17 @@ def test_atomic_write_and_sha256(tmp_path):
     p = atomic_write_text(tmp_path / "sub" / "f.txt", "abc")
     assert p.read_text() == "abc"
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "f.txt", "x")
+        with atomic_directory(tmp_path / "d") as d:
+            pass
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
