@@ -56,8 +56,10 @@ def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(metric, before, after, after/before) rows of the before/after table."""
     before, after = report["variants"]["before"], report["variants"]["after"]
 
+    compressed = bool(report.get("steps_applied"))
+
     def ratio(b: float | None, a: float | None, invert: bool = False) -> str:
-        if not b or not a:
+        if not compressed or not b or not a:  # the same model twice: a ratio would say nothing
             return ""
         return f"{(b / a if invert else a / b):.2f}x"
 

@@ -13,7 +13,7 @@ def test_demo_recipe_loads_and_round_trips():
     assert r.name == "demo-fashion-mnist"
     assert r.export.formats == ("onnx", "tflite")
     assert r.measure.threads == (1, 2)
-    assert r.measure.runs == 50 and r.measure.trials == 3
+    assert r.measure.runs == 200 and r.measure.trials == 3
     again = recipe_from_dict(r.to_dict())
     assert again.to_dict() == r.to_dict()
 
