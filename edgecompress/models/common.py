@@ -32,3 +32,26 @@ def linear_classifier(in_features: int, num_classes: int, dropout: float) -> nn.
     if dropout > 0:
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
     return nn.Linear(in_features, num_classes)
+
+
+class PooledClassifier(nn.Module):
+    """features -> global average pool -> flatten -> linear classifier.
+
+    The tail every zoo CNN except SqueezeNet shares; subclasses build their feature
+    layers and call `_finish`. Module names (features, pool, flatten, classifier) are
+    what checkpoints and pruning overrides refer to, so they are fixed here.
+    """
+
+    def _finish(self, layers: list[nn.Module], channels: int, num_classes: int, dropout: float,
+                in_channels: int, input_size: int) -> None:
+        from edgecompress.models.blocks import init_weights
+
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.classifier = linear_classifier(channels, num_classes, dropout)
+        self.input_shape = (in_channels, input_size, input_size)
+        init_weights(self)
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.pool(self.features(x))))

@@ -6,11 +6,10 @@ total stride drops from 32 to 16 and a 28 or 32 px input ends in a 2x2 map.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from edgecompress.models.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, init_weights, make_divisible
-from edgecompress.models.common import check_model_args, is_small_input, linear_classifier
+from edgecompress.models.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_divisible
+from edgecompress.models.common import PooledClassifier, check_model_args, is_small_input
 from edgecompress.models.registry import register_model
 
 # (out_channels, stride) of the 13 depthwise-separable units at width 1.0.
@@ -20,7 +19,7 @@ _V1_UNITS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512,
 _V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(PooledClassifier):
     def __init__(
         self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, input_size: int = 224,
         dropout: float = 0.2,
@@ -34,18 +33,10 @@ class MobileNetV1(nn.Module):
             out = make_divisible(out * width_mult)
             layers.append(DepthwiseSeparable(channels, out, stride))
             channels = out
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = linear_classifier(channels, num_classes, dropout)
-        self.input_shape = (in_channels, input_size, input_size)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        self._finish(layers, channels, num_classes, dropout, in_channels, input_size)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(PooledClassifier):
     def __init__(
         self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, input_size: int = 224,
         dropout: float = 0.2,
@@ -63,15 +54,7 @@ class MobileNetV2(nn.Module):
         # The last conv is never made narrower than 1280: the paper keeps it for width < 1.
         last = make_divisible(1280 * max(1.0, width_mult))
         layers.append(ConvBNAct(channels, last, 1, act=nn.ReLU6))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = linear_classifier(last, num_classes, dropout)
-        self.input_shape = (in_channels, input_size, input_size)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        self._finish(layers, last, num_classes, dropout, in_channels, input_size)
 
 
 @register_model

@@ -8,15 +8,14 @@ map is 7x7, at 224 px it is 56x56 (and MACs grow 49x). Downsampling shortcuts ar
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from edgecompress.models.blocks import BasicBlock, ConvBNAct, init_weights, make_divisible
-from edgecompress.models.common import check_model_args, linear_classifier
+from edgecompress.models.blocks import BasicBlock, ConvBNAct, make_divisible
+from edgecompress.models.common import PooledClassifier, check_model_args
 from edgecompress.models.registry import register_model
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledClassifier):
     def __init__(
         self, depth: int, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, input_size: int = 32,
         dropout: float = 0.0,
@@ -33,15 +32,7 @@ class CifarResNet(nn.Module):
             for i in range(blocks_per_stage):
                 layers.append(BasicBlock(channels, width, 2 if stage > 0 and i == 0 else 1))
                 channels = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = linear_classifier(channels, num_classes, dropout)
-        self.input_shape = (in_channels, input_size, input_size)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        self._finish(layers, channels, num_classes, dropout, in_channels, input_size)
 
 
 @register_model

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
-from edgecompress.models.blocks import ConvBNAct, ShuffleUnitV1, ShuffleUnitV2, init_weights, make_divisible
-from edgecompress.models.common import check_model_args, is_small_input, linear_classifier
+from edgecompress.models.blocks import ConvBNAct, ShuffleUnitV1, ShuffleUnitV2, make_divisible
+from edgecompress.models.common import PooledClassifier, check_model_args, is_small_input
 from edgecompress.models.registry import register_model
 
 _STEM = 24
@@ -38,7 +37,7 @@ def _stem(in_channels: int, input_size: int) -> list[nn.Module]:
     return [ConvBNAct(in_channels, _STEM, 3, 2), nn.MaxPool2d(3, stride=2, padding=1)]
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(PooledClassifier):
     def __init__(
         self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, input_size: int = 224,
         dropout: float = 0.0, groups: int = 3,
@@ -58,15 +57,7 @@ class ShuffleNetV1(nn.Module):
                 first_groups = 1 if stage == 0 and i == 0 else None
                 layers.append(ShuffleUnitV1(channels, out, 2 if i == 0 else 1, groups, first_groups))
                 channels = out
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = linear_classifier(channels, num_classes, dropout)
-        self.input_shape = (in_channels, input_size, input_size)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        self._finish(layers, channels, num_classes, dropout, in_channels, input_size)
 
 
 def _v2_widths(width_mult: float) -> tuple[int, int, int, int]:
@@ -77,7 +68,7 @@ def _v2_widths(width_mult: float) -> tuple[int, int, int, int]:
     return (*(make_divisible(c * width_mult) for c in (s2, s3, s4)), make_divisible(last * max(1.0, width_mult)))
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(PooledClassifier):
     def __init__(
         self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, input_size: int = 224,
         dropout: float = 0.0,
@@ -92,15 +83,7 @@ class ShuffleNetV2(nn.Module):
                 layers.append(ShuffleUnitV2(channels, out, 2 if i == 0 else 1))
                 channels = out
         layers.append(ConvBNAct(channels, last, 1))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = linear_classifier(last, num_classes, dropout)
-        self.input_shape = (in_channels, input_size, input_size)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        self._finish(layers, last, num_classes, dropout, in_channels, input_size)
 
 
 @register_model
