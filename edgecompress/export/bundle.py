@@ -81,7 +81,7 @@ def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
             rows.append((
                 f"{label} ms, {RUNTIME_LABEL.get(runtime, runtime)} {threads}T",
                 "–" if b is None else f"{b:.3f}", "–" if a is None else f"{a:.3f}",
-                ratio(b, a, invert=True) + (" faster" if field == "p50_ms" and b and a else ""),
+                ratio(b, a, invert=True) + (" faster" if field == "p50_ms" and ratio(b, a) else ""),
             ))
     return rows
 
