@@ -100,3 +100,34 @@ def _scan(root: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[Path, int
             f"with extension {', '.join(extensions)}"
         )
     return samples, classes
+
+
+def image_folder_splits(root: str | os.PathLike, input_shape: Sequence[int], *, val_size: int = 0, seed: int = 0):
+    """(train, val, test) from an image folder, for `compress` recipes with `dataset: image-folder`.
+
+    `root/train/<class>/…` and `root/test/<class>/…` (or `root/val/`) when present: test is
+    that folder and val holds `val_size` images carved from train by a permutation seeded
+    with `seed`. A plain `root/<class>/…` is carved the same way into val and test
+    (`val_size` images each); train is the rest.
+    """
+    from torch.utils.data import Subset
+
+    from edgecompress.data.fashion_mnist import Splits
+
+    root = Path(root)
+    held_out = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and held_out is not None:
+        train_all, test = ImageFolder(root / "train", input_shape), ImageFolder(held_out, input_shape)
+        carve = 1
+    else:
+        train_all = test = ImageFolder(root, input_shape)
+        carve = 2
+    n = len(train_all)
+    if val_size < 0 or carve * val_size >= n:
+        raise UserError(f"val_size {val_size} leaves no training images in {str(root)!r} ({n} images); use a smaller data.val_size")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val = Subset(train_all, sorted(perm[:val_size]))
+    if carve == 2:
+        test = Subset(train_all, sorted(perm[val_size:2 * val_size]))
+    train = Subset(train_all, sorted(perm[carve * val_size:]))
+    return Splits(train=train, val=val, test=test)

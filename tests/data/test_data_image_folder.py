@@ -52,3 +52,26 @@ def test_errors(tmp_path):
     ds = ImageFolder(tmp_path / "ok", (3, 32, 32))
     with pytest.raises(UserError, match="bad.png"):
         ds[1]
+
+
+def test_image_folder_splits_single_folder_and_train_test(tmp_path):
+    from edgecompress.data.image_folder import image_folder_splits
+
+    one = tmp_path / "one"
+    for cls in ("a", "b"):
+        (one / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(one / cls / f"{i}.png")
+    s = image_folder_splits(one, (1, 16, 16), val_size=2, seed=3)
+    assert (len(s.train), len(s.val), len(s.test)) == (6, 2, 2)
+    assert not set(s.train.indices) & set(s.val.indices) and not set(s.val.indices) & set(s.test.indices)
+    assert image_folder_splits(one, (1, 16, 16), val_size=2, seed=3).val.indices == s.val.indices
+    assert s.train[0][0].shape == (1, 16, 16)
+    with pytest.raises(UserError, match="val_size 5"):
+        image_folder_splits(one, (1, 16, 16), val_size=5)
+
+    two = tmp_path / "two"
+    make_folder(two / "train")
+    make_folder(two / "test")
+    s = image_folder_splits(two, (3, 32, 32), val_size=1)
+    assert (len(s.train), len(s.val), len(s.test)) == (2, 1, 3)
