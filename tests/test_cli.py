@@ -115,3 +115,28 @@ def test_existing_out_without_force(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     assert_user_error(run("export", "zoo:resnet20", "--out", str(out)), "--force")
+
+
+def test_interrupted_compress_leaves_no_bundle(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "bundle"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecompress.cli", "compress", str(REPO / "models/demo/fmnist_mobilenetv2.pt"),
+         "--recipe", str(REPO / "recipes/demo.yaml"), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    # wait until the job is inside the bundle's temporary directory, then press Ctrl-C
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    assert any(p.name.endswith(".partial") for p in tmp_path.iterdir()), "compress never started writing"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
