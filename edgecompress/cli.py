@@ -133,11 +133,10 @@ def export(model, arch, trust_model_file, input_size, num_classes, formats, out,
     import torch
 
     from edgecompress.export import export_model
-    from edgecompress.fsutil import atomic_directory
+    from edgecompress.fsutil import atomic_directory, check_output_dir
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    if out.exists() and not force:  # fail before any expensive work
-        raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    check_output_dir(out, force)  # fail before any expensive work
     loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
     example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     with atomic_directory(out, force=force) as tmp:
@@ -209,11 +208,11 @@ def devices(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 def compress(model, arch, trust_model_file, input_size, num_classes, recipe_path, device_spec, out, data_dir, force) -> None:
     """The main job: run RECIPE on MODEL and write a deployable bundle with its report."""
+    from edgecompress.fsutil import check_output_dir
     from edgecompress.pipeline import load_recipe, run_compress
 
     recipe = load_recipe(recipe_path)
-    if out.exists() and not force:  # fail before any expensive work
-        raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    check_output_dir(out, force)  # fail before any expensive work
     from edgecompress.devices import get_device
 
     get_device(device_spec)  # an unknown device fails before the model is loaded

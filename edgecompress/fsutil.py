@@ -50,6 +50,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def check_output_dir(target: str | os.PathLike, force: bool) -> None:
+    """UserError when `target` exists and `force` is off: called before any expensive work."""
+    from edgecompress.errors import UserError
+
+    if Path(target).exists() and not force:
+        raise UserError(f"output directory {str(target)!r} already exists; pass --force to replace it or choose another --out")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to `target`; on success it becomes `target`.
@@ -57,11 +65,8 @@ def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator
     On any exception the temporary directory is removed and `target` is untouched.
     An existing `target` is replaced only with `force=True` (checked before any work).
     """
-    from edgecompress.errors import UserError
-
     target = Path(target)
-    if target.exists() and not force:
-        raise UserError(f"output directory {str(target)!r} already exists; pass --force to replace it or choose another --out")
+    check_output_dir(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())

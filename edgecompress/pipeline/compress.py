@@ -109,15 +109,14 @@ def run_compress(
     from edgecompress.data.calibration import make_loader
     from edgecompress.devices import get_device
     from edgecompress.export.bundle import comparison_rows, write_bundle_files
-    from edgecompress.fsutil import atomic_directory
+    from edgecompress.fsutil import atomic_directory, check_output_dir
     from edgecompress.latency.interleave import measure_interleaved
     from edgecompress.models.loading import load_model, save_checkpoint
     from edgecompress.train import seed_everything
 
     console = _console()
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"output directory {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    check_output_dir(out, force)
     dev = get_device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, arch=arch, trust_model_file=trust_model_file)
     model_spec = loaded.spec
