@@ -102,23 +102,42 @@ def models(pattern: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON document.")
 def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: str | None, num_classes: int | None,
             as_json: bool) -> None:
-    """Per-layer params, MACs and activation traffic of MODEL."""
+    """Per-layer params, MACs and activation traffic of MODEL, and its coupled-channel groups."""
     from edgecompress.graph import analyze as run_analysis
+    from edgecompress.graph import build_groups, describe_groups
 
     loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
     result = run_analysis(loaded.model, shape)
+    try:
+        groups, groups_error = describe_groups(build_groups(loaded.model, shape)), None
+    except UserError as e:  # cost analysis needs only a forward pass; groups need an fx trace
+        groups, groups_error = None, str(e)
     if as_json:
         doc = result.to_dict()
         doc["model"] = model
+        doc["groups"] = groups
+        if groups_error:
+            doc["groups_error"] = groups_error
         click.echo(json.dumps(doc, indent=2))
-    else:
-        from rich.console import Console
+        return
+    from rich.console import Console
+    from rich.table import Table
 
-        console = Console()
-        if not console.is_terminal:  # logs and pipes: wide enough that layer names don't wrap
-            console = Console(width=140)
-        console.print(f"[bold]{model}[/]  input {'x'.join(map(str, shape))}")
-        result.render_table(console=console)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that layer names don't wrap
+        console = Console(width=140)
+    console.print(f"[bold]{model}[/]  input {'x'.join(map(str, shape))}")
+    result.render_table(console=console)
+    if groups is None:
+        console.print(f"[yellow]channel groups unavailable:[/] {groups_error}")
+        return
+    table = Table(title=f"coupled-channel groups: {sum(g['prunable'] for g in groups)} of {len(groups)} prunable")
+    for col in ("group", "channels", "prunable", "producers (output channels)", "why not"):
+        table.add_column(col, justify="right" if col in ("group", "channels") else "left")
+    for g in groups:
+        table.add_row(str(g["id"]), str(g["channels"]), "yes" if g["prunable"] else "no",
+                      ", ".join(g["producers"]) or "(input)", g["reason"])
+    console.print(table)
 
 
 @cli.command()

@@ -140,3 +140,20 @@ def test_interrupted_compress_leaves_no_bundle(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_analyze_reports_channel_groups(tmp_path):
+    res = run("analyze", "zoo:resnet20", "--input-size", "1,28,28", "--json")
+    assert res.returncode == 0, res.stderr
+    groups = json.loads(res.stdout)["groups"]
+    assert (len(groups), sum(g["prunable"] for g in groups)) == (14, 12)
+    assert groups[-1]["producers"] == ["classifier"] and groups[-1]["reason"] == "network output"
+    # a TorchScript file has no Python forward to trace: costs still come out, groups say why not
+    from edgecompress.models import create_model
+
+    ts = tmp_path / "m.pt"
+    torch.jit.trace(create_model("resnet20", in_channels=1, input_size=28).eval(), torch.zeros(1, 1, 28, 28)).save(str(ts))
+    res = run("analyze", str(ts), "--input-size", "1,28,28", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["groups"] is None and doc["groups_error"] and doc["total"]["macs"] > 0
