@@ -168,3 +168,11 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
             line = line.strip()
             return line if len(line) <= limit else line[: limit - 3] + "..."
     return ""
+
+
+def not_traceable_message(what: str, model: nn.Module, info: FailureInfo) -> str:
+    """The message for an export that failed before reaching any one op ("ONNX", "TFLite")."""
+    return (
+        f"{what} export of {type(model).__name__} failed: {info.describe()}; make forward() traceable by torch.export "
+        f"(no Python control flow on tensor values, no custom Python ops) and retry"
+    )

@@ -35,7 +35,13 @@ import torch
 from torch import nn
 
 from edgecompress.errors import UserError
-from edgecompress.export.conversion import FailureInfo, describe_failure, eval_mode, native_output_silenced
+from edgecompress.export.conversion import (
+    FailureInfo,
+    describe_failure,
+    eval_mode,
+    native_output_silenced,
+    not_traceable_message,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -173,7 +179,4 @@ def _failure_message(model: nn.Module, info: FailureInfo, opset: int) -> str:
             f"(opset {opset}); replace it in the model with ops ONNX has (https://onnx.ai/onnx/operators/) "
             f"or leave onnx out of the export formats"
         )
-    return (
-        f"ONNX export of {name} failed: {info.describe()}; make forward() traceable by torch.export "
-        f"(no Python control flow on tensor values, no custom Python ops) and retry"
-    )
+    return not_traceable_message("ONNX", model, info)

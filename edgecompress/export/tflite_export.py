@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import UserError
-from edgecompress.export.conversion import describe_failure, eval_mode, native_output_silenced
+from edgecompress.export.conversion import describe_failure, eval_mode, native_output_silenced, not_traceable_message
 from edgecompress.fsutil import atomic_write_bytes
 
 
@@ -76,7 +76,4 @@ def _failure_message(model: nn.Module, exc: BaseException) -> str:
             f"replace it in the model with ops TFLite has (conv, matmul, elementwise, reshape, pooling) "
             f"or leave tflite out of the export formats"
         )
-    return (
-        f"TFLite export of {name} failed: {info.describe()}; make forward() traceable by torch.export "
-        f"(no Python control flow on tensor values, no custom Python ops) and retry"
-    )
+    return not_traceable_message("TFLite", model, info)
