@@ -1,428 +1,614 @@
 """Coupled-channel dependency groups: channels that must be pruned together.
 
-A `ChannelGroup` is the unit a structured pruner scores and cuts: removing channel k of
-the group removes output channel k of every producer (conv/linear), the matching input
-channel of every consumer (at its offset, which is non-zero after a concat), channel k
-of every BatchNorm/LayerNorm and every depthwise conv that carries it.
+A `ChannelGroup` is what a structured pruner scores and cuts. Its channels are *atoms*:
+one output channel of a conv or linear layer. Removing an atom removes its output row
+from the producer, its input column(s) from every consumer (wherever concats, splits or
+shuffles moved it), its entry in every BatchNorm/LayerNorm and the matching group of a
+depthwise or grouped conv. Atoms that must go together (a residual add, a channel shuffle
+that must stay a shuffle, the two halves of a chunk, one group of a grouped conv) form a
+*unit*; a pruner keeps or removes whole units.
 
 How it is built
 ---------------
-`build_groups` traces the model with torch.fx, runs `ShapeProp` on a zero input and
-walks the graph once. Every tensor carries a list of segments `(space, start, length)`:
-which "channel space" each stretch of its channel dimension (dim 1) comes from. A conv
-or linear creates a new space for its output; BN, activations, pooling and a depthwise
-conv pass segments through; `torch.cat` concatenates the lists; an elementwise op with
-two channel-carrying operands (residual add, SE multiply) unions the spaces segment by
-segment (union-find), because channel k of both operands must go together.
+The model is traced with torch.fx and run once on a zero input by an interpreter that
+carries, next to every real tensor, an *id tensor* of the same shape whose entries name
+the atom each element belongs to (-1: none). Layers read ids and create new atoms; every
+op that only moves data (view, reshape, flatten, transpose, permute, cat, chunk, split,
+indexing) is simply run on the id tensor as well, so the tracker never needs a rule per
+layout trick: a channel shuffle, a flatten into a Linear layer or a cat of tokens come out
+right by construction. Then three constraints turn moved data into ties:
 
-Refusal over guessing: a grouped conv (1 < groups < channels), a channel shuffle
-(unflatten/view/transpose/flatten that mixes channels), a chunk/split that cuts a space,
-a flatten of a spatial map into features, and any op this module does not know make the
-spaces they touch not prunable, with the reason and the node name. The network input
-and output are never prunable.
+- an elementwise op (residual add, SE multiply) ties the atoms that meet element by element;
+- a layer reading a channel dimension ties the atoms that share one position of it;
+- splitting a channel dimension into two (the view of a channel shuffle, a chunk) ties
+  the atoms that share an inner index, so the pruned tensor still splits the same way.
+
+Refusal over guessing: any op or module this file does not know, a parameter used
+directly in forward, slicing a channel range with fixed bounds, and the network's input
+and output make the atoms they touch not prunable, with the reason and the node name.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from edgecompress.errors import UserError
 
-SHUFFLE_REASON = "channel shuffle permutes channels across groups; pruning per group not supported yet"
 OUTPUT_REASON = "network output"
 INPUT_REASON = "network input"
 
-# Leaf modules and ops that keep channel k in place (elementwise on one tensor, pooling).
+# Modules and functions that keep every element in place (elementwise on one tensor).
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.GELU, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity,
 )
+_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _PASS_FUNCS = {
     torch.relu, torch.sigmoid, torch.tanh, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
     nn.functional.hardsigmoid, nn.functional.silu, nn.functional.gelu, nn.functional.dropout,
-    nn.functional.adaptive_avg_pool2d, nn.functional.max_pool2d, nn.functional.avg_pool2d,
+    nn.functional.hardtanh, nn.functional.sigmoid,
 }
+_POOL_FUNCS = {nn.functional.adaptive_avg_pool2d, nn.functional.max_pool2d, nn.functional.avg_pool2d,
+               nn.functional.adaptive_max_pool2d}
 # torchvision.ops.stochastic_depth is fx-wrapped: it zeroes whole samples, never channels.
 _PASS_NAMES = {"stochastic_depth"}
-_PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float"}
-_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, torch.add, torch.mul, torch.sub}
-_ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub"}
-_RESHAPES_F = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
-_SPLITS_F = {torch.chunk, torch.split}
-_SPLIT_METHODS = {"chunk", "split"}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "detach", "float",
+                 "to", "type_as"}
+_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
+                torch.add, torch.mul, torch.sub, torch.div}
+_ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "div"}
+# Ops that move elements without computing: replayed on the id tensor.
+_MOVE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.cat, torch.concat,
+               torch.chunk, torch.split, torch.squeeze, torch.unsqueeze, torch.narrow, operator.getitem}
+_MOVE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute", "chunk", "split",
+                 "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "narrow", "t"}
+_REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+
+KINDS = ("out", "in", "norm", "depthwise", "group_in", "group_out")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module's share of a group.
+
+    kind: "out" (Conv2d/Linear output: weight rows, bias), "in" (Conv2d/Linear input:
+    weight columns), "norm" (BatchNorm channels, LayerNorm last dim), "depthwise" (a
+    depthwise conv: channel k in is channel k out), "group_in"/"group_out" (the input and
+    output channels of a grouped conv, removed a whole conv group at a time).
+    positions[i] is an index along the member's channel dimension; atoms[i] the group
+    channel it carries. After a flatten one atom has several positions (one per pixel).
+    """
+
+    name: str
+    kind: str
+    positions: tuple[int, ...]
+    atoms: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Member.kind {self.kind!r} must be one of {', '.join(KINDS)}")
+        if len(self.positions) != len(self.atoms):
+            raise ValueError(f"Member {self.name}: {len(self.positions)} positions but {len(self.atoms)} atoms")
+
+    @property
+    def offset(self) -> int:
+        return min(self.positions) if self.positions else 0
 
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels removed together.
+    """Channels removed together, cut in whole `units`, touching `members`.
 
-    `producers`: modules whose output channels are the group (offset 0, all of them).
-    `consumers`, `norms`, `depthwise`: (module name, channel offset) pairs; the offset is
-    where the group's channels start in that module's input (consumers) or channels
-    (norms, depthwise convs), non-zero after a concat. `channels` is the group's width
-    (for a not-prunable group merged from spaces of different widths, the widest).
+    `channels` counts atoms: one per output channel of each producer, so a residual group
+    of four 16-channel convs has 64 atoms in 16 units of 4 (one per conv).
     """
 
-    producers: tuple[str, ...]
-    consumers: tuple[tuple[str, int], ...]
-    norms: tuple[tuple[str, int], ...]
-    depthwise: tuple[tuple[str, int], ...]
     channels: int
+    units: tuple[tuple[int, ...], ...]
+    members: tuple[Member, ...]
     prunable: bool
     reason: str = ""
 
     def __post_init__(self) -> None:
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if sorted(a for u in self.units for a in u) != list(range(self.channels)):
+            raise ValueError("units must partition range(channels)")
         if not self.prunable and not self.reason:
             raise ValueError("reason must say why a group is not prunable")
 
+    def _named(self, *kinds: str) -> tuple[tuple[str, int], ...]:
+        return tuple((m.name, m.offset) for m in self.members if m.kind in kinds)
 
-@dataclass
-class _Space:
-    size: int
-    producers: list[str] = field(default_factory=list)
-    consumers: list[tuple[str, int]] = field(default_factory=list)
-    norms: list[tuple[str, int]] = field(default_factory=list)
-    depthwise: list[tuple[str, int]] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    order: int = 0  # creation order, so groups come out in graph order
+    @property
+    def producers(self) -> tuple[str, ...]:
+        """Modules whose output channels are (part of) the group."""
+        return tuple(m.name for m in self.members if m.kind in ("out", "group_out"))
+
+    @property
+    def consumers(self) -> tuple[tuple[str, int], ...]:
+        """(module, first input position) of every layer reading the group."""
+        return self._named("in", "group_in")
+
+    @property
+    def norms(self) -> tuple[tuple[str, int], ...]:
+        return self._named("norm")
+
+    @property
+    def depthwise(self) -> tuple[tuple[str, int], ...]:
+        return self._named("depthwise")
+
+    @property
+    def unit_size(self) -> int:
+        """Channels one unit removes from a single layer (the most over all members): usually 1;
+        a whole conv group, or several channels tied by a shuffle, otherwise."""
+        unit_of = {a: i for i, u in enumerate(self.units) for a in u}
+        most = 1
+        for m in self.members:
+            counts: dict[int, int] = defaultdict(int)
+            for a in set(m.atoms):
+                counts[unit_of[a]] += 1
+            most = max(most, *counts.values()) if counts else most
+        return most
+
+    @property
+    def width(self) -> int:
+        """Channels of the widest producer (what a table of layer widths shows)."""
+        return max((len(m.positions) for m in self.members if m.kind in ("out", "group_out")), default=self.channels)
 
 
-Segments = list[tuple[int, int, int]]  # (space id, start in space, length)
+class _Atoms:
+    """Union-find over atoms, with the reasons that forbid pruning them."""
 
-
-class _Builder:
     def __init__(self) -> None:
-        self.spaces: list[_Space] = []
         self.parent: list[int] = []
+        self.reasons: dict[int, list[str]] = defaultdict(list)
 
-    def new_space(self, size: int, producer: str | None = None, reason: str | None = None) -> int:
-        sid = len(self.spaces)
-        self.spaces.append(_Space(size, [producer] if producer else [], order=sid))
-        self.parent.append(sid)
+    def new(self, n: int, reason: str | None = None) -> torch.Tensor:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
         if reason:
-            self.spaces[sid].reasons.append(reason)
-        return sid
+            for a in range(start, start + n):
+                self.reasons[a].append(reason)
+        return torch.arange(start, start + n)
 
-    def find(self, sid: int) -> int:
-        while self.parent[sid] != sid:
-            self.parent[sid] = self.parent[self.parent[sid]]
-            sid = self.parent[sid]
-        return sid
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
 
-    def space(self, sid: int) -> _Space:
-        return self.spaces[self.find(sid)]
-
-    def union(self, a: int, b: int, note_size: bool = True) -> int:
+    def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        keep, drop = (ra, rb) if self.spaces[ra].order <= self.spaces[rb].order else (rb, ra)
-        k, d = self.spaces[keep], self.spaces[drop]
-        if k.size != d.size and note_size:
-            k.reasons.append(f"merged spaces of {k.size} and {d.size} channels")
-            k.size = max(k.size, d.size)
-        for name in ("producers", "consumers", "norms", "depthwise", "reasons"):
-            getattr(k, name).extend(getattr(d, name))
-        self.parent[drop] = keep
-        return keep
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
 
-    def refuse(self, segs: Segments, reason: str) -> None:
-        for sid, _, _ in segs:
-            self.space(sid).reasons.append(reason)
+    def tie(self, pairs: torch.Tensor) -> None:
+        """Union each column (a, b) of a 2 x N tensor; -1 entries are skipped."""
+        if pairs.numel() == 0:
+            return
+        pairs = pairs[:, (pairs >= 0).all(0)]
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        for a, b in pairs.unique(dim=1).t().tolist():
+            self.union(a, b)
 
-    def record(self, segs: Segments, kind: str, name: str) -> None:
-        """Add `name` as a consumer/norm/depthwise member of every segment, at its offset."""
-        offset = 0
-        for sid, start, length in segs:
-            space = self.space(sid)
-            if start != 0 or length != space.size:
-                space.reasons.append(f"{name} sees only channels {start}..{start + length} of this group")
-            getattr(space, kind).append((name, offset))
-            offset += length
-
-    def opaque(self, inputs: list[Segments], size: int, reason: str) -> Segments:
-        """A fresh not-prunable space for an op's output, merged with every input space."""
-        sid = self.new_space(size, reason=reason)
-        for segs in inputs:
-            self.refuse(segs, reason)
-            for s, _, _ in segs:
-                sid = self.union(sid, s, note_size=False)  # the reason above already refuses it
-        return [(sid, 0, size)]
+    def refuse(self, ids: torch.Tensor | None, reason: str) -> None:
+        if ids is None:
+            return
+        for a in ids.unique().tolist():
+            if a >= 0:
+                self.reasons[a].append(reason)
 
 
-def _meta(node: Any) -> Any:
-    return node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+def _label(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
-def _channels(shape: torch.Size | tuple[int, ...]) -> int | None:
-    return int(shape[1]) if len(shape) >= 2 else None
+class _Tracker(fx.Interpreter):
+    """Runs the graph on real tensors and, alongside, computes every node's id tensor."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.atoms = _Atoms()
+        self.ids: dict[fx.Node, Any] = {}
+        self.members: list[tuple[str, str, list[int], list[int]]] = []  # (name, kind, positions, atoms)
+        self.modules = dict(gm.named_modules())
+
+    # --- plumbing -------------------------------------------------------------------
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.ids[n] = self._ids_for(n, result)
+        return result
+
+    def _in_ids(self, arg: Any) -> Any:
+        """The id structure of an argument (tensor ids, a tuple of them, or None)."""
+        if isinstance(arg, fx.Node):
+            return self.ids.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self._in_ids(a) for a in arg)
+        return None
+
+    def _inputs(self, n: fx.Node) -> list[torch.Tensor]:
+        out = []
+        for node in n.all_input_nodes:
+            v = self.ids.get(node)
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (tuple, list)):
+                out.extend(t for t in v if isinstance(t, torch.Tensor))
+        return out
+
+    def _opaque(self, n: fx.Node, result: Any, reason: str) -> Any:
+        """Refuse every input atom; the result gets fresh, refused atoms."""
+        for ids in self._inputs(n):
+            self.atoms.refuse(ids, reason)
+        return self._fresh_like(result, reason)
+
+    def _fresh_like(self, result: Any, reason: str) -> Any:
+        if isinstance(result, torch.Tensor):
+            return self.atoms.new(1, reason).expand(result.shape) if result.dim() else None
+        if isinstance(result, (tuple, list)):
+            return tuple(self._fresh_like(r, reason) for r in result)
+        return None
+
+    # --- the walk -------------------------------------------------------------------
+    def _ids_for(self, n: fx.Node, result: Any) -> Any:
+        if n.op == "placeholder":
+            if isinstance(result, torch.Tensor) and result.dim() >= 2:
+                return _along(self.atoms.new(result.shape[1], INPUT_REASON), 1, result.shape)
+            return None
+        if n.op == "output":
+            for ids in self._inputs(n):
+                self.atoms.refuse(ids, OUTPUT_REASON)
+            return None
+        if n.op == "get_attr":
+            if isinstance(result, torch.Tensor) and result.numel() > 1:
+                return self.atoms.new(1, f"tensor attribute {n.target} used in forward is not tracked").expand(result.shape)
+            return None
+        if not _has_tensor(result):
+            return None  # size(), dim(), shape arithmetic: carries no channels
+        inputs = self._inputs(n)
+        if not inputs:
+            return None  # a constant made in forward (torch.zeros, arange): no atoms
+        if n.op == "call_module":
+            return self._module(n, self.modules[n.target], result)
+        fn, is_method = n.target, n.op == "call_method"
+        x = self.ids.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+        if (is_method and fn in _PASS_METHODS) or (not is_method and (fn in _PASS_FUNCS or _label(n) in _PASS_NAMES)):
+            return x if isinstance(x, torch.Tensor) and x.shape == result.shape else self._opaque(n, result, f"{_label(n)} ({n.name}) changes shape")
+        if not is_method and fn in _POOL_FUNCS:
+            return self._pool(n, x, result)
+        if (is_method and fn in _ELEMENTWISE_METHODS) or (not is_method and fn in _ELEMENTWISE):
+            return self._elementwise(n, result)
+        if (is_method and fn in _REDUCE_METHODS) or (not is_method and fn in _REDUCE_FUNCS):
+            return self._reduce(n, x, result)
+        if (is_method and fn in _MOVE_METHODS) or (not is_method and fn in _MOVE_FUNCS):
+            return self._move(n, result)
+        return self._opaque(n, result, f"unsupported op {_label(n)} ({n.name})")
+
+    def _module(self, n: fx.Node, mod: nn.Module, result: Any) -> Any:
+        name = str(n.target)
+        x = self.ids.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+        if not isinstance(x, torch.Tensor):
+            return self._opaque(n, result, f"unsupported input of {type(mod).__name__} ({name})")
+        if isinstance(mod, nn.Conv2d) and x.dim() == 4:
+            return self._conv(name, mod, x, result)
+        if isinstance(mod, nn.Linear):
+            self._read(name, "in", x, -1)
+            out = self.atoms.new(mod.out_features)
+            self._record_out(name, mod.out_features)
+            return _along(out, -1, result.shape)
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and x.dim() >= 2:
+            self._read(name, "norm", x, 1)
+            return x
+        if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) == 1:
+            self._read(name, "norm", x, -1)
+            return x
+        if isinstance(mod, _PASS_MODULES):
+            return x
+        if isinstance(mod, _POOL_MODULES):
+            return self._pool(n, x, result)
+        if isinstance(mod, nn.Flatten):
+            return self._move(n, result)
+        why = f"unsupported module {type(mod).__name__} ({name})"
+        if isinstance(mod, nn.MultiheadAttention):
+            why = (f"attention {name}: nn.MultiheadAttention ties its heads to the embedding width, "
+                   "so neither heads nor the width it reads are pruned")
+        return self._opaque(n, result, why)
+
+    def _record_out(self, name: str, n: int, kind: str = "out") -> list[int]:
+        atoms = list(range(len(self.atoms.parent) - n, len(self.atoms.parent)))
+        self.members.append((name, kind, list(range(n)), atoms))
+        return atoms
+
+    def _read(self, name: str, kind: str, x: torch.Tensor, dim: int) -> list[int]:
+        """Record `name` reading dim `dim` of x; atoms sharing a position are tied. Returns one atom per position (-1: none)."""
+        per_pos = x.movedim(dim, 0).reshape(x.shape[dim], -1)
+        first = per_pos[:, 0]
+        if per_pos.shape[1] > 1 and not bool((per_pos == first[:, None]).all()):
+            self.atoms.tie(torch.stack([first[:, None].expand_as(per_pos).reshape(-1), per_pos.reshape(-1)]))
+        atoms = first.tolist()
+        keep = [(p, a) for p, a in enumerate(atoms) if a >= 0]
+        self.members.append((name, kind, [p for p, _ in keep], [a for _, a in keep]))
+        return atoms
+
+    def _conv(self, name: str, mod: nn.Conv2d, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        cin, cout, g = mod.in_channels, mod.out_channels, mod.groups
+        if g == 1:
+            self._read(name, "in", x, 1)
+            out = self.atoms.new(cout)
+            self._record_out(name, cout)
+            return _along(out, 1, result.shape)
+        if g == cin == cout:  # depthwise: channel k in is channel k out
+            self._read(name, "depthwise", x, 1)
+            return _along(x.movedim(1, 0).reshape(cin, -1)[:, 0], 1, result.shape)
+        # Grouped conv: a conv group (its inputs and outputs) is removed as a whole.
+        ins = self._read(name, "group_in", x, 1)
+        out = self.atoms.new(cout)
+        self._record_out(name, cout, "group_out")
+        a, b = cin // g, cout // g
+        for i in range(g):
+            members = [v for v in ins[i * a:(i + 1) * a] if v >= 0] + out[i * b:(i + 1) * b].tolist()
+            for v in members[1:]:
+                self.atoms.union(members[0], v)
+        return _along(out, 1, result.shape)
+
+    def _pool(self, n: fx.Node, x: Any, result: torch.Tensor) -> Any:
+        """Pooling keeps channels in place when the ids do not vary over the pooled (spatial) dims."""
+        if not isinstance(x, torch.Tensor) or x.dim() != result.dim() or x.dim() < 3:
+            return self._opaque(n, result, f"pooling {n.name} on an unexpected layout")
+        spatial = x.flatten(2)
+        if not bool((spatial == spatial[..., :1]).all()):
+            return self._opaque(n, result, f"pooling {n.name} mixes channels that vary across space")
+        return _along(spatial[0, :, 0], 1, result.shape) if x.shape[0] == 1 else self._opaque(n, result, f"pooling {n.name}")
+
+    def _elementwise(self, n: fx.Node, result: torch.Tensor) -> Any:
+        operands = [self.ids.get(a) for a in n.args if isinstance(a, fx.Node)]
+        operands = [o for o in operands if isinstance(o, torch.Tensor)]
+        if not isinstance(result, torch.Tensor):
+            return self._opaque(n, result, f"{_label(n)} ({n.name}) does not return a tensor")
+        try:
+            full = [o.expand(result.shape) for o in operands]
+        except RuntimeError:
+            return self._opaque(n, result, f"{_label(n)} ({n.name}) broadcasts in a way not tracked")
+        base = full[0]
+        for other in full[1:]:
+            self.atoms.tie(torch.stack([base.reshape(-1), other.reshape(-1)]))
+            base = torch.where(base >= 0, base, other)
+        return base
+
+    def _reduce(self, n: fx.Node, x: Any, result: Any) -> Any:
+        """mean/sum over dims whose ids are constant keeps the atoms (global pooling as x.mean((2, 3)))."""
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        if not isinstance(x, torch.Tensor) or not isinstance(result, torch.Tensor) or dims is None:
+            return self._opaque(n, result, f"{_label(n)} ({n.name}) reduces over channels")
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        keepdim = bool(n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False))
+        y = x
+        for d in sorted((d % x.dim() for d in dims), reverse=True):
+            sl = y.narrow(d, 0, 1)
+            if not bool((y == sl).all()):
+                return self._opaque(n, result, f"{_label(n)} ({n.name}) reduces over channels")
+            y = sl if keepdim else sl.squeeze(d)
+        return y.expand(result.shape) if y.shape != result.shape else y
+
+    def _move(self, n: fx.Node, result: Any) -> Any:
+        """Replay a data-movement op on the id tensors, then add the ties it implies."""
+        args = tuple(self._swap(a) for a in n.args)
+        kwargs = {k: self._swap(v) for k, v in n.kwargs.items()}
+        try:
+            if n.op == "call_method":
+                out = getattr(args[0], n.target)(*args[1:], **kwargs)
+            elif n.op == "call_module":
+                out = self.modules[n.target](*args, **kwargs)
+            else:
+                out = n.target(*args, **kwargs)
+        except Exception as exc:  # an op whose args we cannot swap: refuse rather than guess
+            return self._opaque(n, result, f"{_label(n)} ({n.name}) could not be followed ({type(exc).__name__})")
+        src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        label = f"{_label(n)} ({n.name})"
+        if n.op == "call_function" and n.target is operator.getitem and src is not None:
+            self._check_slice(src, n.args[1], label)
+        if isinstance(out, (tuple, list)) and src is not None and len(out) > 1:
+            self._tie_pieces(n, src, out, label)
+        elif isinstance(out, torch.Tensor) and src is not None and out.dim() > src.dim():
+            self._tie_split_dims(src, out)
+        return out
+
+    def _swap(self, a: Any) -> Any:
+        """An argument for the replay: a node becomes its id tensor (or its real value if it has none)."""
+        if isinstance(a, fx.Node):
+            v = self.ids.get(a)
+            if isinstance(v, torch.Tensor):
+                return v.contiguous() if v.stride() and 0 in v.stride() else v
+            if isinstance(v, (tuple, list)):
+                return type(v)(t.contiguous() if isinstance(t, torch.Tensor) else t for t in v)
+            real = self.env.get(a)
+            if isinstance(real, torch.Tensor):  # a tensor without atoms (a constant): ids of -1
+                return torch.full(real.shape, -1, dtype=torch.long)
+            return real
+        if isinstance(a, (tuple, list)):
+            return type(a)(self._swap(x) for x in a)
+        return a
+
+    def _check_slice(self, src: torch.Tensor, index: Any, label: str) -> None:
+        """Indexing with fixed bounds along a dim that carries several atoms cannot follow a pruned width."""
+        index = list(index) if isinstance(index, tuple) else [index]
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            explicit = sum(1 for i in index if i is not None and i is not Ellipsis)
+            index[at:at + 1] = [slice(None)] * (src.dim() - explicit)
+        dim = 0
+        for item in index:
+            if item is None:
+                continue
+            if dim < src.dim() and _varies(src, dim) and item != slice(None):
+                self.atoms.refuse(src, f"{label} takes a fixed range of a channel dimension")
+                return
+            dim += 1
+
+    def _tie_pieces(self, n: fx.Node, src: torch.Tensor, pieces: Any, label: str) -> None:
+        """chunk/split along a channel dim: equal pieces tie index j of every piece; unequal ones are fixed sizes."""
+        tensors = [p for p in pieces if isinstance(p, torch.Tensor)]
+        dims = [d for d in range(src.dim()) if tensors and tensors[0].shape[d] != src.shape[d]]
+        if not dims:
+            return
+        d = dims[0]
+        if not _varies(src, d):
+            return
+        sizes = {t.shape[d] for t in tensors}
+        if len(sizes) != 1 or sum(t.shape[d] for t in tensors) != src.shape[d]:
+            self.atoms.refuse(src, f"{label} splits a channel dimension into pieces of fixed, unequal sizes")
+            return
+        stacked = torch.stack([t.movedim(d, 0).reshape(t.shape[d], -1) for t in tensors])  # pieces x width x rest
+        for other in stacked[1:]:
+            self.atoms.tie(torch.stack([stacked[0].reshape(-1), other.reshape(-1)]))
+
+    def _tie_split_dims(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        """A view that splits a channel dim into (outer, inner): atoms sharing an inner index are tied.
+
+        That is what keeps a channel shuffle a shuffle after pruning: code computes the
+        inner size from the tensor (channels // groups) and keeps the outer one (groups).
+        """
+        for d in range(out.dim() - 1):
+            if out.shape[d] > 1 and out.shape[d + 1] > 1 and _varies(out, d) and _varies(out, d + 1):
+                if out.shape[d] * out.shape[d + 1] in src.shape:
+                    inner = out.movedim(d + 1, 0).movedim(d + 1, 1)  # inner x outer x rest
+                    flat = inner.reshape(inner.shape[0], inner.shape[1], -1)
+                    for k in range(1, flat.shape[1]):
+                        self.atoms.tie(torch.stack([flat[:, 0].reshape(-1), flat[:, k].reshape(-1)]))
 
 
-def _slice(segs: Segments, begin: int, end: int) -> Segments:
-    out: Segments = []
-    pos = 0
-    for sid, start, length in segs:
-        lo, hi = max(begin, pos), min(end, pos + length)
-        if lo < hi:
-            out.append((sid, start + lo - pos, hi - lo))
-        pos += length
-    return out
+def _has_tensor(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return True
+    return isinstance(v, (tuple, list)) and any(_has_tensor(x) for x in v)
 
 
-def _dim(node: fx.Node, pos: int, default: int) -> int:
-    if len(node.args) > pos:
-        return node.args[pos]
-    return node.kwargs.get("dim", default)
+def _varies(t: torch.Tensor, dim: int) -> bool:
+    return t.shape[dim] > 1 and not bool((t == t.narrow(dim, 0, 1)).all())
 
 
-def _is_channel_dim(dim: Any, ndim: int) -> bool:
-    return isinstance(dim, int) and ndim >= 2 and dim % ndim == 1
+def _along(values: torch.Tensor | list[int], dim: int, shape: torch.Size) -> torch.Tensor:
+    """An id tensor of `shape` whose entries vary only along `dim`, as a cheap expanded view."""
+    v = torch.as_tensor(values, dtype=torch.long)
+    view = [1] * len(shape)
+    view[dim] = v.numel()
+    return v.view(view).expand(shape)
 
 
 def build_groups(model: nn.Module, input_shape: tuple[int, int, int]) -> list[ChannelGroup]:
     """Dependency groups of `model` for one input of shape `input_shape` (C, H, W), in graph order.
 
-    Raises UserError if the model does not trace with torch.fx.
+    Raises UserError if the model does not trace with torch.fx or fails on the input.
     """
     if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
         raise UserError(f"input_shape must be three positive ints (C, H, W), got {input_shape!r}")
+    gm = trace(model)
+    modes = {m: m.training for m in gm.modules()}  # restored one by one: frozen BNs stay frozen
+    gm.eval()
+    tracker = _Tracker(gm)
     try:
-        gm = fx.symbolic_trace(model)
+        with torch.no_grad():
+            tracker.run(torch.zeros(1, *input_shape))
+    except UserError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"{type(model).__name__} fails on a zero input of shape {tuple(input_shape)} "
+                        f"({type(exc).__name__}: {first}); pass the (C, H, W) the model expects") from exc
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return _collect(tracker)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """torch.fx trace of `model`, or a UserError saying why it cannot be traced."""
+    try:
+        return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({first}); "
                         "channel groups need a traceable model (no data-dependent control flow)") from exc
-    modes = {m: m.training for m in gm.modules()}  # restored one by one: frozen BNs stay frozen
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
-    except Exception as exc:
-        raise UserError(f"{type(model).__name__} fails on a zero input of shape {tuple(input_shape)} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                        "pass the (C, H, W) the model expects") from exc
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    modules = dict(gm.named_modules())
-    b = _Builder()
-    env: dict[fx.Node, Any] = {}
 
-    def segs_of(arg: Any) -> Segments | None:
-        return env.get(arg) if isinstance(arg, fx.Node) else None
 
-    for node in gm.graph.nodes:
-        meta = _meta(node)
-        out_shape = tuple(meta.shape) if hasattr(meta, "shape") else None
-        out_c = _channels(out_shape) if out_shape else None
-        inputs = [s for s in (segs_of(a) for a in node.all_input_nodes) if s]
-        label = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+def _collect(t: _Tracker) -> list[ChannelGroup]:
+    atoms = t.atoms
+    n = len(atoms.parent)
+    unit_of = [atoms.find(a) for a in range(n)]
+    # Units that share a member belong to one group (scored and cut under one ratio).
+    gparent = list(range(n))
 
-        if node.op == "placeholder":
-            env[node] = [(b.new_space(out_c, reason=INPUT_REASON), 0, out_c)] if out_c else None
+    def gfind(u: int) -> int:
+        while gparent[u] != u:
+            gparent[u] = gparent[gparent[u]]
+            u = gparent[u]
+        return u
+
+    # Only producers join units into a group: a layer reading two groups (after a concat)
+    # keeps them apart, so each producer can get its own ratio and its own rounding.
+    produced = {a for _, kind, _, ats in t.members if kind in ("out", "group_out") for a in ats}
+    for _, kind, _, member_atoms in t.members:
+        if kind not in ("out", "group_out") and any(a in produced for a in member_atoms):
             continue
-        if node.op == "output":
-            b.refuse([s for segs in inputs for s in segs], OUTPUT_REASON)
-            continue
-        if node.op == "get_attr" and out_shape and len(out_shape) >= 1 and meta.shape.numel() > 1:
-            # A parameter used in forward (layer scale, extra bias) may be per-channel; its
-            # slicing is not tracked, so whatever it meets is refused.
-            size = out_shape[1] if len(out_shape) >= 2 else out_shape[0]
-            env[node] = b.opaque([], size, f"tensor attribute {node.target} used in forward is not tracked")
-            continue
-        if node.op == "get_attr" or not inputs:
-            env[node] = None
-            continue
-        x = segs_of(node.args[0]) if node.args else None
+        units = {unit_of[a] for a in member_atoms}
+        first = next(iter(units), None)
+        for u in units:
+            ru, rf = gfind(u), gfind(first)
+            if ru != rf:
+                gparent[max(ru, rf)] = min(ru, rf)
+    by_group: dict[int, list[int]] = defaultdict(list)
+    for a in range(n):
+        by_group[gfind(unit_of[a])].append(a)
+    members_of: dict[int, list[tuple[str, str, list[int], list[int]]]] = defaultdict(list)
+    for name, kind, pos, ats in t.members:  # a consumer of several groups is split into one member per group
+        split: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for p, a in zip(pos, ats):
+            split[gfind(unit_of[a])][0].append(p)
+            split[gfind(unit_of[a])][1].append(a)
+        for root, (ps, as_) in split.items():
+            members_of[root].append((name, kind, ps, as_))
 
-        in_meta = _meta(node.args[0]) if node.args else None
-        in_ndim = len(in_meta.shape) if hasattr(in_meta, "shape") else None
-
-        if node.op == "call_module":
-            mod = modules[node.target]
-            name = node.target
-            # Channels are dim 1 of a 4-D map or of a 2-D feature matrix; a Linear or norm on
-            # (N, L, D) tokens works on the last dim, which this walk does not track: refused.
-            if x is None or not _known_layout(mod, in_ndim):
-                env[node] = _unknown(b, inputs, out_c, f"unsupported module {type(mod).__name__} ({name})")
-            elif isinstance(mod, nn.Conv2d):
-                cin, cout, g = mod.in_channels, mod.out_channels, mod.groups
-                if g == 1:
-                    b.record(x, "consumers", name)
-                    env[node] = [(b.new_space(cout, name), 0, cout)]
-                elif g == cin == cout:  # depthwise: channel k in is channel k out
-                    b.record(x, "depthwise", name)
-                    env[node] = x
-                else:
-                    why = f"grouped conv {name} (groups={g}) ties channels to groups; pruning per group not supported"
-                    b.record(x, "consumers", name)
-                    b.refuse(x, why)
-                    env[node] = [(b.new_space(cout, name, reason=why), 0, cout)]
-            elif isinstance(mod, nn.Linear):
-                b.record(x, "consumers", name)
-                env[node] = [(b.new_space(mod.out_features, name), 0, mod.out_features)]
-            elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
-                b.record(x, "norms", name)
-                env[node] = x
-            elif isinstance(mod, _PASS_MODULES):
-                env[node] = x
-            elif isinstance(mod, nn.Flatten):
-                env[node] = _reshape(b, node, x, out_shape, f"nn.Flatten {name}")
-            else:
-                env[node] = _unknown(b, inputs, out_c, f"unsupported module {type(mod).__name__} ({name})")
-            continue
-
-        fn = node.target
-        is_method = node.op == "call_method"
-        if (is_method and fn in _PASS_METHODS) or (not is_method and (fn in _PASS_FUNCS or label in _PASS_NAMES)):
-            env[node] = x
-        elif (is_method and fn in _ELEMENTWISE_METHODS) or (not is_method and fn in _ELEMENTWISE):
-            env[node] = _elementwise(b, node, inputs, out_c, label)
-        elif (is_method and fn in _RESHAPE_METHODS) or (not is_method and fn in _RESHAPES_F):
-            env[node] = _reshape(b, node, x, out_shape, f"{label} ({node.name})") if x else None
-        elif (is_method and fn == "mean") or (not is_method and fn is torch.mean):
-            env[node] = _mean(b, node, x, out_c, label)
-        elif not is_method and fn is torch.cat:
-            env[node] = _cat(b, node, env, out_shape, out_c)
-        elif (is_method and fn in _SPLIT_METHODS) or (not is_method and fn in _SPLITS_F):
-            env[node] = _split(b, node, x, label)
-        elif not is_method and fn is operator.getitem and isinstance(env.get(node.args[0]), tuple):
-            env[node] = env[node.args[0]][node.args[1]]
-        elif out_shape is None and not isinstance(meta, (tuple, list)):
-            env[node] = None  # a non-tensor result (size(), dim()): carries no channels
-        else:
-            env[node] = _unknown(b, inputs, out_c, f"unsupported op {label} ({node.name})")
-
-    return _collect(b)
-
-
-def _known_layout(mod: nn.Module, in_ndim: int | None) -> bool:
-    """True when `mod`'s channel dim is dim 1 of its input, the layout the walk tracks."""
-    if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)):
-        return in_ndim == 4
-    if isinstance(mod, (nn.Linear, nn.BatchNorm1d, nn.LayerNorm)):
-        return in_ndim == 2
-    return in_ndim is not None
-
-
-def _unknown(b: _Builder, inputs: list[Segments], out_c: int | None, reason: str) -> Segments | None:
-    flat = [s for segs in inputs for s in segs]
-    if out_c is None:
-        b.refuse(flat, reason)
-        return None
-    return b.opaque(inputs, out_c, reason)
-
-
-def _mean(b: _Builder, node: fx.Node, x: Segments | None, out_c: int | None, label: str) -> Segments | None:
-    """A mean over spatial dims (global pooling written as x.mean((2, 3))) keeps channels."""
-    in_meta = _meta(node.args[0])
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    dims = (dims,) if isinstance(dims, int) else dims
-    if x is None or in_meta is None or dims is None:
-        return _unknown(b, [x] if x else [], out_c, f"unsupported op {label} ({node.name})")
-    ndim = len(in_meta.shape)
-    if any(_is_channel_dim(d, ndim) or d % ndim == 0 for d in dims):
-        return _unknown(b, [x], out_c, f"{label} ({node.name}) reduces over channels or batch")
-    return x
-
-
-def _elementwise(b: _Builder, node: fx.Node, inputs: list[Segments], out_c: int | None, label: str) -> Segments | None:
-    tensors = [s for s in inputs if s]
-    if len(tensors) == 1:  # tensor op scalar (or op a channel-less tensor): channels stay in place
-        return tensors[0]
-    first = tensors[0]
-    for other in tensors[1:]:
-        if [seg[2] for seg in other] == [seg[2] for seg in first] and all(
-            s1 == s2 == 0 for (_, s1, _), (_, s2, _) in zip(first, other)
-        ):
-            for (a, _, _), (c, _, _) in zip(first, other):
-                b.union(a, c)
-        else:
-            return _unknown(b, tensors, out_c, f"{label} ({node.name}) adds tensors whose channel layouts differ")
-    return first
-
-
-def _reshape(b: _Builder, node: fx.Node, x: Segments, out_shape: tuple | None, what: str) -> Segments | None:
-    in_meta = _meta(node.args[0])
-    in_shape = tuple(in_meta.shape) if in_meta is not None else None
-    if out_shape is None or in_shape is None:
-        return _unknown(b, [x], None, f"{what} has no shape")
-    if in_shape == out_shape:
-        return x
-    # (N, C, 1, 1) -> (N, C): flatten after global pooling keeps channels 1:1.
-    if len(in_shape) == 4 and len(out_shape) == 2 and in_shape[2] * in_shape[3] == 1 and out_shape[1] == in_shape[1]:
-        return x
-    if len(in_shape) == 4 and len(out_shape) == 2 and out_shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
-        why = f"{what} flattens a {in_shape[2]}x{in_shape[3]} map into features (pruning would need spatial strides)"
-        return b.opaque([x], out_shape[1], why)
-    return b.opaque([x], _channels(out_shape) or 1, f"{SHUFFLE_REASON} ({what})")
-
-
-def _cat(b: _Builder, node: fx.Node, env: dict, out_shape: tuple | None, out_c: int | None) -> Segments | None:
-    tensors = node.args[0] if node.args else node.kwargs["tensors"]
-    parts = [env.get(t) if isinstance(t, fx.Node) else None for t in tensors]
-    dim = _dim(node, 1, 0)
-    segs = [p for p in parts if p is not None]
-    if out_shape is None or len(segs) != len(parts):
-        return _unknown(b, segs, out_c, f"cat ({node.name}) of tensors without tracked channels")
-    if _is_channel_dim(dim, len(out_shape)):
-        return [s for p in segs for s in p]
-    return _elementwise(b, node, segs, out_c, "cat on a non-channel dim")
-
-
-def _split(b: _Builder, node: fx.Node, x: Segments | None, label: str) -> tuple | None:
-    meta = node.meta.get("tensor_meta")
-    if x is None or not isinstance(meta, (tuple, list)):
-        return None
-    ndim = len(meta[0].shape)
-    dim = _dim(node, 2, 0)
-    if not _is_channel_dim(dim, ndim):
-        return tuple(x for _ in meta)
-    pieces, pos = [], 0
-    for m in meta:
-        width = int(m.shape[1])
-        piece = _slice(x, pos, pos + width)
-        for sid, start, length in piece:
-            if start != 0 or length != b.space(sid).size:
-                b.space(sid).reasons.append(f"{label} ({node.name}) splits this group's channels")
-        pieces.append(piece)
-        pos += width
-    return tuple(pieces)
-
-
-def _collect(b: _Builder) -> list[ChannelGroup]:
-    roots = sorted({b.find(i) for i in range(len(b.spaces))}, key=lambda r: b.spaces[r].order)
     groups = []
-    for r in roots:
-        s = b.spaces[r]
-        reasons = list(dict.fromkeys(s.reasons))  # unique, first-seen order
+    for root in sorted(by_group):  # atoms are numbered in graph order
+        group_atoms = by_group[root]
+        local = {a: i for i, a in enumerate(group_atoms)}
+        units: dict[int, list[int]] = defaultdict(list)
+        for a in group_atoms:
+            units[unit_of[a]].append(local[a])
+        reasons = list(dict.fromkeys(r for a in group_atoms for r in atoms.reasons.get(a, ())))
+        members = tuple(Member(name, kind, tuple(pos), tuple(local[a] for a in ats))
+                        for name, kind, pos, ats in members_of[root])
+        if not members and not reasons:
+            continue  # atoms nothing reads or writes (e.g. a constant's): nothing to prune
+        if not reasons and len(units) == 1 and len(group_atoms) > 1:
+            reasons = ["all channels are tied into one unit (e.g. a channel shuffle after a grouped conv)"]
         groups.append(ChannelGroup(
-            producers=tuple(s.producers), consumers=tuple(s.consumers), norms=tuple(s.norms),
-            depthwise=tuple(s.depthwise), channels=s.size, prunable=not reasons, reason="; ".join(reasons),
+            channels=len(group_atoms), units=tuple(tuple(u) for u in units.values()), members=members,
+            prunable=not reasons, reason="; ".join(reasons),
         ))
     return groups
 
 
 def describe_groups(groups: list[ChannelGroup]) -> list[dict]:
-    """JSON-ready rows, one per group (offsets as {"name", "offset"} objects)."""
-    def members(pairs: tuple[tuple[str, int], ...]) -> list[dict]:
-        return [{"name": n, "offset": o} for n, o in pairs]
+    """JSON-ready rows, one per group (members with their first position as `offset`)."""
+    def members(kind: str) -> list[dict]:
+        return [{"name": n, "offset": o} for n, o in kind]
 
     return [
         {
-            "id": i, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
-            "producers": list(g.producers), "consumers": members(g.consumers), "norms": members(g.norms),
-            "depthwise": members(g.depthwise),
+            "id": i, "channels": g.width, "units": len(g.units), "unit_size": g.unit_size,
+            "prunable": g.prunable, "reason": g.reason, "producers": list(g.producers),
+            "consumers": members(g.consumers), "norms": members(g.norms), "depthwise": members(g.depthwise),
         }
         for i, g in enumerate(groups)
     ]

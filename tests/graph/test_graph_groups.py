@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import UserError
-from edgecompress.graph.groups import SHUFFLE_REASON, ChannelGroup, build_groups, describe_groups
+from edgecompress.graph.groups import ChannelGroup, Member, build_groups, describe_groups
 from edgecompress.models import create_model
 
 torch.set_num_threads(1)
@@ -33,9 +33,10 @@ def test_resnet20_stage_residual_groups() -> None:
     stages = {0: range(1, 4), 1: range(4, 7), 2: range(7, 10)}
     for stage, blocks in stages.items():
         group = _group_of(groups, f"features.{blocks[0]}.conv2.conv")
-        assert group.prunable and group.channels == 16 * 2**stage
         expected = {f"features.{b}.conv2.conv" for b in blocks}
         expected.add("features.0.conv" if stage == 0 else f"features.{blocks[0]}.shortcut.conv")
+        assert group.prunable and group.width == 16 * 2**stage and len(group.units) == group.width
+        assert group.unit_size == 1 and group.channels == group.width * len(expected)
         assert set(group.producers) == expected
         assert {n for n, _ in group.norms} == {p[: -len("conv")] + "bn" for p in expected}
     last = _group_of(groups, "features.9.conv2.conv")
@@ -46,7 +47,7 @@ def test_resnet20_stage_residual_groups() -> None:
         assert inner.consumers == ((f"features.{b}.conv2.conv", 0),)
         assert inner.norms == ((f"features.{b}.conv1.bn", 0),)
     out = _group_of(groups, "classifier")
-    assert not out.prunable and out.reason == "network output" and out.channels == 10
+    assert not out.prunable and out.reason == "network output" and out.width == 10
     assert groups[0].reason == "network input" and groups[0].consumers == (("features.0.conv", 0),)
 
 
@@ -64,39 +65,45 @@ def test_mobilenet_v2_expansion_depthwise_and_residual_project() -> None:
         assert group.consumers == ((f"{p}.project.conv", 0),)
     # The first unit (expand ratio 1): the depthwise conv joins the stem's group.
     stem = _group_of(groups, "features.0.conv")
-    assert stem.depthwise == (("features.1.conv.dw.conv", 0),) and stem.channels == 16
+    assert stem.depthwise == (("features.1.conv.dw.conv", 0),) and stem.width == 16
     # Residual-connected project convs share one group per stage (stage widths at 0.5x).
     for units, width in (((2, 3), 16), ((4, 5, 6), 16), ((7, 8, 9, 10), 32), ((11, 12, 13), 48),
                          ((14, 15, 16), 80)):
         group = _group_of(groups, f"features.{units[0]}.conv.project.conv")
         assert group.producers == tuple(f"features.{u}.conv.project.conv" for u in units)
-        assert group.channels == width and group.prunable
+        assert group.width == width and len(group.units) == width and group.prunable
     assert _group_of(groups, "features.18.conv").consumers == (("classifier.1", 0),)
     out = _group_of(groups, "classifier.1")
     assert not out.prunable and out.reason == "network output"
 
 
-def test_shufflenet_v2_shuffle_groups_refused() -> None:
+def test_shufflenet_v2_shuffles_and_chunks_tie_channels_into_units() -> None:
     groups = _zoo("shufflenet_v2", width_mult=0.5)
     assert len(groups) == 23
-    refused = [g for g in groups if not g.prunable and g.producers and g.reason != "network output"]
-    assert len(refused) == 3  # one per stage: everything the shuffles and splits mix
-    for group in refused:
-        assert SHUFFLE_REASON in group.reason
-    assert "features.5.branch1.1.conv" in refused[1].producers
-    # Inside a unit, branch2's 1x1 -> depthwise -> 1x1 channels are still prunable.
+    # The channels a stage's shuffles and chunks move around form one group per stage. A unit
+    # holds the channels that must go together so that chunk(2) still splits the same
+    # channels and the shuffle stays a shuffle: stage 2 (24 wide) cuts in thirds, stage 4
+    # (96 wide) in twelfths, and stage 3's eight units tie everything into one unit.
+    stage2 = _group_of(groups, "features.1.branch1.1.conv")
+    assert stage2.prunable and stage2.width == 24 and len(stage2.units) == 3
+    assert {"features.1.branch2.2.conv", "features.4.branch2.2.conv"} <= set(stage2.producers)
+    stage3 = _group_of(groups, "features.5.branch1.1.conv")
+    assert not stage3.prunable and "tied into one unit" in stage3.reason
+    stage4 = _group_of(groups, "features.13.branch1.1.conv")
+    assert stage4.prunable and stage4.width == 96 and len(stage4.units) == 12
+    # Inside a unit, branch2's 1x1 -> depthwise -> 1x1 channels are cut one by one.
     inner = _group_of(groups, "features.6.branch2.0.conv")
     assert inner.prunable and inner.depthwise == (("features.6.branch2.1.conv", 0),)
-    assert inner.consumers == (("features.6.branch2.2.conv", 0),) and inner.channels == 48
+    assert inner.consumers == (("features.6.branch2.2.conv", 0),) and inner.width == 48 and len(inner.units) == 48
 
 
-def test_shufflenet_v1_grouped_convs_refused() -> None:
+def test_shufflenet_v1_grouped_conv_then_shuffle_ties_everything() -> None:
     groups = _zoo("shufflenet_v1")
-    assert len(groups) == 19
-    assert not any(g.prunable for g in groups)  # every group touches a grouped 1x1 conv
-    reduce = _group_of(groups, "features.2.reduce.conv")
-    assert "grouped conv features.2.reduce.conv (groups=3)" in reduce.reason
-    assert SHUFFLE_REASON in reduce.reason
+    assert len(groups) == 3  # input, one group for all inner channels, the output
+    body = _group_of(groups, "features.2.reduce.conv")
+    assert not body.prunable and "tied into one unit" in body.reason
+    assert ("features.2.reduce.conv", 0) in body.consumers  # grouped convs read it by whole groups
+    assert any(m.kind == "group_out" and m.name == "features.2.reduce.conv" for m in body.members)
 
 
 def test_squeezenet_fire_concat_offsets() -> None:
@@ -139,11 +146,11 @@ def test_tiny_cat_and_add() -> None:
     groups = build_groups(_CatAdd(), (3, 8, 8))
     a, b = _group_of(groups, "a"), _group_of(groups, "b")
     assert a.prunable and b.prunable
-    assert (a.channels, b.channels) == (4, 6)
+    assert (a.width, b.width) == (4, 6)
     assert a.consumers == (("c", 0),) and b.consumers == (("c", 4),)
     assert a.norms == (("bn", 0),) and b.norms == (("bn", 4),)
     added = _group_of(groups, "c")
-    assert added.producers == ("c", "d") and added.channels == 8
+    assert added.producers == ("c", "d") and added.width == 8 and added.channels == 16
     assert added.depthwise == (("dw", 0),)
     # torch.roll is not a known op: refused with its name, never guessed.
     assert not added.prunable and "unsupported op roll" in added.reason
@@ -156,7 +163,7 @@ def test_tiny_cat_and_add() -> None:
 
 
 class _Mismatch(nn.Module):
-    """cat(4, 4) + conv(8): channel k lines up, but the layouts differ; and a spatial flatten."""
+    """cat(4, 4) + conv(8): channel k of the concat meets channel k of c; then a spatial flatten."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,13 +176,21 @@ class _Mismatch(nn.Module):
         return self.head(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
 
 
-def test_refusals_name_the_cause() -> None:
+def test_add_of_a_concat_and_flatten_into_linear() -> None:
     groups = build_groups(_Mismatch(), (1, 4, 4))
-    for name in ("a", "b", "c"):
-        group = _group_of(groups, name)
-        assert not group.prunable and "channel layouts differ" in group.reason
+    added = _group_of(groups, "c")
+    assert added.prunable and set(added.producers) == {"a", "b", "c"} and len(added.units) == 8
+    # Unit k holds channel k of c and channel k of the concat (a's first four, b's next four).
+    out_c = next(m for m in added.members if m.name == "c" and m.kind == "out")
+    out_a = next(m for m in added.members if m.name == "a" and m.kind == "out")
+    unit_of = {a: i for i, u in enumerate(added.units) for a in u}
+    assert [unit_of[a] for a in out_a.atoms] == [unit_of[a] for a in out_c.atoms[:4]]
+    # head.0's two channels feed the Linear as 16 features each (a 4x4 map flattened).
     flat = _group_of(groups, "head.0")
-    assert not flat.prunable and "flattens a 4x4 map" in flat.reason
+    assert flat.prunable and len(flat.units) == 2
+    (linear_in,) = [m for m in flat.members if m.name == "head.2"]
+    assert linear_in.kind == "in" and linear_in.positions == tuple(range(32))
+    assert linear_in.atoms == (0,) * 16 + (1,) * 16
     assert _group_of(groups, "head.2").reason == "network output"
 
 
@@ -219,7 +234,12 @@ def test_untraceable_and_bad_shape_are_user_errors() -> None:
 
 
 def test_group_validation() -> None:
+    member = Member("conv", "out", (0, 1), (0, 1))
     with pytest.raises(ValueError, match="reason"):
-        ChannelGroup((), (), (), (), 4, prunable=False)
+        ChannelGroup(2, ((0,), (1,)), (member,), prunable=False)
     with pytest.raises(ValueError, match="channels"):
-        ChannelGroup((), (), (), (), 0, prunable=True)
+        ChannelGroup(0, (), (), prunable=True)
+    with pytest.raises(ValueError, match="partition"):
+        ChannelGroup(2, ((0,),), (member,), prunable=True)
+    with pytest.raises(ValueError, match="kind"):
+        Member("conv", "weights", (0,), (0,))
