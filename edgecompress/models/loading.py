@@ -140,6 +140,8 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "arch": {"spec": arch_spec, "kwargs": dict(arch_kwargs)},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # Grouped convs lose whole groups when pruned; the weight shape alone does not say how many.
+        "conv_groups": {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1},
         "input_shape": shape,
         "meta": dict(meta or {}),
     }
@@ -286,7 +288,7 @@ def _from_checkpoint(ckpt: Mapping, spec: str, arch: str | None, build_kwargs: d
     if "num_classes" in build_kwargs:
         raise UserError(f"checkpoint {spec!r} fixes its number of classes; drop --num-classes")
     model, _, _ = build_arch(arch_spec, arch_kwargs)
-    _load_state_dict(model, state_dict, spec, arch_spec, adopt_shapes=True)
+    _load_state_dict(model, state_dict, spec, arch_spec, adopt_shapes=True, conv_groups=ckpt.get("conv_groups") or {})
     stored = ckpt.get("input_shape")
     known = tuple(int(v) for v in stored) if stored is not None else None
     shape = _describe_shape(model, known, build_kwargs.get("in_channels"), build_kwargs.get("input_size"))
@@ -308,12 +310,13 @@ def _find_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
     return None
 
 
-def _load_state_dict(model: nn.Module, state_dict: Mapping, spec: str, arch: str, adopt_shapes: bool) -> None:
+def _load_state_dict(model: nn.Module, state_dict: Mapping, spec: str, arch: str, adopt_shapes: bool,
+                     conv_groups: Mapping[str, int] | None = None) -> None:
     keys = list(state_dict)
     if keys and all(k.startswith("module.") for k in keys):  # saved from DataParallel
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if adopt_shapes:
-        _adopt_shapes(model, state_dict)
+        _adopt_shapes(model, state_dict, conv_groups or {})
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -332,8 +335,8 @@ def _load_state_dict(model: nn.Module, state_dict: Mapping, spec: str, arch: str
     model.load_state_dict(state_dict)
 
 
-def _adopt_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Resize Conv2d/BatchNorm2d/Linear layers to the saved shapes (channels removed by pruning)."""
+def _adopt_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor], conv_groups: Mapping[str, int]) -> None:
+    """Resize Conv2d/BatchNorm/LayerNorm/Linear layers to the saved shapes (channels removed by pruning)."""
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         weight = state_dict.get(f"{prefix}weight")
@@ -341,15 +344,17 @@ def _adopt_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> N
             continue
         if isinstance(m, nn.Conv2d) and weight.dim() == 4:
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-            m.groups = weight.shape[0] if depthwise else m.groups
+            m.groups = int(conv_groups.get(name, weight.shape[0] if depthwise else m.groups))
             m.out_channels, m.in_channels = weight.shape[0], weight.shape[1] * m.groups
         elif isinstance(m, nn.Linear) and weight.dim() == 2:
             m.out_features, m.in_features = weight.shape
-        elif isinstance(m, nn.BatchNorm2d) and weight.dim() == 1:
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and weight.dim() == 1:
             m.num_features = weight.shape[0]
             for buf in ("running_mean", "running_var"):
                 if getattr(m, buf, None) is not None:
                     setattr(m, buf, torch.empty_like(weight))
+        elif isinstance(m, nn.LayerNorm) and weight.dim() == 1:
+            m.normalized_shape = (weight.shape[0],)
         else:
             continue
         m.weight = nn.Parameter(torch.empty_like(weight))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgecompress.train.config import TrainConfig
 from edgecompress.train.evaluate import EvalResult, evaluate
+from edgecompress.train.hooks import TrainHook
 from edgecompress.train.loop import EpochRecord, TrainHistory, train
 from edgecompress.train.progress import progress_enabled
 from edgecompress.train.seed import seed_everything
@@ -13,6 +14,7 @@ __all__ = [
     "EvalResult",
     "TrainConfig",
     "TrainHistory",
+    "TrainHook",
     "evaluate",
     "progress_enabled",
     "seed_everything",

@@ -1,4 +1,5 @@
-"""The training loop: progress bars, atomic per-epoch checkpoints, exact resume, best-val weights."""
+"""The training loop: progress bars, atomic per-epoch checkpoints, exact resume, best-val weights,
+a pluggable criterion (distillation) and hooks (regularisers, pruning masks)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,23 @@ from edgecompress.errors import UserError
 from edgecompress.fsutil import atomic_write_bytes
 from edgecompress.train.config import TrainConfig
 from edgecompress.train.evaluate import EvalResult, run_evaluation
+from edgecompress.train.hooks import TrainHook
 from edgecompress.train.progress import ProgressMode, TrainReporter
 from edgecompress.train.seed import seed_everything
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "edgecompress.train-checkpoint/1"
 
+# criterion(x, y, logits) -> scalar loss. x is passed so a criterion can run a teacher on it.
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One finished epoch. Accuracies are fractions in [0, 1]; losses are mean cross-entropy
-    (train loss includes label smoothing); val fields are None without a val loader;
+    """One finished epoch. Accuracies are fractions in [0, 1]; train_loss is the mean of the
+    loss that was minimised (the criterion, by default cross-entropy with label smoothing,
+    plus any terms hooks added); val_loss is plain cross-entropy; val fields are None
+    without a val loader;
     lr is the rate of the epoch's last step; seconds is the wall time of train + val."""
 
     epoch: int
@@ -91,6 +98,8 @@ def train(
     progress: ProgressMode = True,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     device: str | torch.device = "cpu",
+    hooks: Sequence[TrainHook] = (),
+    criterion: Criterion | None = None,
 ) -> TrainHistory:
     """Train `model` in place for `config.epochs` epochs and return the history.
 
@@ -105,6 +114,11 @@ def train(
     caller, so seed before building it too). Ctrl-C lets a checkpoint being written
     finish, says how to resume, and re-raises KeyboardInterrupt. `on_epoch_end` gets
     each `EpochRecord` after its checkpoint is written.
+
+    `criterion(x, y, logits)` returns the loss to minimise (None: cross-entropy with
+    `config.label_smoothing`). `hooks` run in order at each step, see
+    `edgecompress.train.hooks`; their `state_dict()`s are saved in the checkpoint and
+    restored on resume, so resuming needs the same hooks (count and classes).
     """
     steps = len(train_loader)
     if steps == 0:
@@ -112,13 +126,18 @@ def train(
     model.to(device)
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: config.lr_factor(step, steps))
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    hooks = tuple(hooks)
+    for hook in hooks:
+        if not isinstance(hook, TrainHook):
+            raise TypeError(f"hooks must be TrainHook instances, got {type(hook).__name__}")
+    if criterion is None:
+        criterion = _cross_entropy(config.label_smoothing)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     generator: torch.Generator | None = getattr(train_loader, "generator", None)
 
     state = _State(records=[])
     if ckpt is not None and resume and ckpt.exists():
-        state = _load_checkpoint(ckpt, model, optimizer, scheduler, generator, config, steps)
+        state = _load_checkpoint(ckpt, model, optimizer, scheduler, generator, config, steps, hooks)
     else:
         seed_everything(config.seed, deterministic=False)
     resumed_from = state.epoch
@@ -129,7 +148,7 @@ def train(
             if resumed_from:
                 report.print(f"resuming from {ckpt}: {resumed_from}/{config.epochs} epochs done")
             for epoch in range(state.epoch + 1, config.epochs + 1):
-                record = _run_epoch(model, train_loader, val_loader, optimizer, scheduler, criterion, config, device, epoch, report)
+                record = _run_epoch(model, train_loader, val_loader, optimizer, scheduler, criterion, hooks, config, device, epoch, report)
                 state.records.append(record)  # type: ignore[union-attr]
                 state.epoch, state.seconds = epoch, state.seconds + record.seconds
                 if record.val_top1 is not None and (state.best_top1 is None or record.val_top1 > state.best_top1):
@@ -137,7 +156,7 @@ def train(
                     state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if ckpt is not None:
                     with _sigint_deferred():
-                        _save_checkpoint(ckpt, model, optimizer, scheduler, generator, config, steps, state)
+                        _save_checkpoint(ckpt, model, optimizer, scheduler, generator, config, steps, state, hooks)
                 report.end_epoch(_epoch_line(record, config.epochs), state.best_top1)
                 if on_epoch_end is not None:
                     on_epoch_end(record)
@@ -169,7 +188,8 @@ def _run_epoch(
     val_loader: DataLoader | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    criterion: nn.Module,
+    criterion: Criterion,
+    hooks: tuple[TrainHook, ...],
     config: TrainConfig,
     device: str | torch.device,
     epoch: int,
@@ -178,7 +198,7 @@ def _run_epoch(
     """Train one epoch (1-based `epoch`), then validate."""
     t0 = time.perf_counter()
     report.start_epoch(epoch)
-    train_loss, train_top1, last_lr = _train_epoch(model, train_loader, optimizer, scheduler, criterion, config, device, epoch, report.train_batch)
+    train_loss, train_top1, last_lr = _train_epoch(model, train_loader, optimizer, scheduler, criterion, hooks, config, device, epoch, report.train_batch)
     val: EvalResult | None = None
     if val_loader is not None:
         report.start_val(len(val_loader) if hasattr(val_loader, "__len__") else None)
@@ -200,7 +220,8 @@ def _train_epoch(
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    criterion: nn.Module,
+    criterion: Criterion,
+    hooks: tuple[TrainHook, ...],
     config: TrainConfig,
     device: str | torch.device,
     epoch: int,
@@ -209,17 +230,25 @@ def _train_epoch(
     """One pass; returns (mean loss, top-1 fraction) over the samples seen and the last step's lr."""
     model.train()
     n, loss_sum, correct, lr = 0, 0.0, 0, config.lr
+    steps = len(loader)
     for i, batch in enumerate(loader):
+        step = (epoch - 1) * steps + i  # global, so hook schedules continue across a resume
         x, y = batch[0].to(device), batch[1].to(device)
         logits = model(x)
-        loss = criterion(logits, y)
+        loss = criterion(x, y, logits)
+        for hook in hooks:
+            loss = hook.loss(model, x, y, logits, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for hook in hooks:
+            hook.after_backward(model, step)
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
+        for hook in hooks:
+            hook.after_step(model, step)
         value = loss.item()
         if not np.isfinite(value):
             raise UserError(
@@ -232,6 +261,15 @@ def _train_epoch(
         if on_batch is not None:
             on_batch(i + 1, f"loss {loss_sum / n:.4f}  acc {correct / n:.2%}  lr {lr:.3g}")
     return loss_sum / max(n, 1), correct / max(n, 1), lr
+
+
+def _cross_entropy(label_smoothing: float) -> Criterion:
+    ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def criterion(x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return ce(logits, y)
+
+    return criterion
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -304,6 +342,7 @@ def _save_checkpoint(
     config: TrainConfig,
     steps: int,
     state: _State,
+    hooks: tuple[TrainHook, ...],
 ) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -319,6 +358,8 @@ def _save_checkpoint(
         "best_epoch": state.best_epoch,
         "best_state": state.best_state,
         "seconds": state.seconds,
+        "hook_types": [_hook_type(h) for h in hooks],
+        "hooks": [h.state_dict() for h in hooks],
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -333,6 +374,7 @@ def _load_checkpoint(
     generator: torch.Generator | None,
     config: TrainConfig,
     steps: int,
+    hooks: tuple[TrainHook, ...],
 ) -> _State:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -350,7 +392,16 @@ def _load_checkpoint(
             f"checkpoint {path} had {payload['steps_per_epoch']} steps per epoch, the train loader now has {steps}; "
             "resume with the same data and batch size, or start without resume"
         )
+    # Checkpoints from before hooks existed have neither key: they were written without hooks.
+    saved_hooks = payload.get("hook_types", [])
+    if saved_hooks != [_hook_type(h) for h in hooks]:
+        raise UserError(
+            f"checkpoint {path} was written with hooks [{', '.join(saved_hooks)}], this run has "
+            f"[{', '.join(_hook_type(h) for h in hooks)}]; resume with the same hooks, or start without resume"
+        )
     model.load_state_dict(payload["model"])
+    for hook, hook_state in zip(hooks, payload.get("hooks", [])):
+        hook.load_state_dict(hook_state)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     _set_rng_states(payload["rng"], generator)
@@ -362,3 +413,7 @@ def _load_checkpoint(
         best_state=payload["best_state"],
         seconds=payload["seconds"],
     )
+
+
+def _hook_type(hook: TrainHook) -> str:
+    return f"{type(hook).__module__}.{type(hook).__qualname__}"
