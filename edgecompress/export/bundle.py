@@ -75,6 +75,9 @@ def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
         b, a = before["artifacts"][fmt], after["artifacts"].get(fmt, {})
         rows.append((f"size, {FORMAT_LABEL.get(fmt, fmt)}", human(b.get("size_bytes"), "B"), human(a.get("size_bytes"), "B"),
                      ratio(b.get("size_bytes"), a.get("size_bytes"))))
+        if b.get("gzip_bytes") and a.get("gzip_bytes"):  # what unstructured zeros buy: a smaller download
+            rows.append((f"gzip size, {FORMAT_LABEL.get(fmt, fmt)}", human(b["gzip_bytes"], "B"), human(a["gzip_bytes"], "B"),
+                         ratio(b["gzip_bytes"], a["gzip_bytes"])))
     for fmt, runtime, threads in _latency_keys(report):
         for field, label in (("p50_ms", "p50"), ("p90_ms", "p90")):
             b, a = _latency(before, fmt, threads, field), _latency(after, fmt, threads, field)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def _profile_model(model: torch.nn.Module, input_shape, loader, console) -> dict
 def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, calib_inputs, console) -> dict[str, Any]:
     from edgecompress.export import export_model
     from edgecompress.export.artifact_eval import evaluate_artifact
+    from edgecompress.prune.unstructured import gzip_size
 
     example = calib_inputs[:1]
     results = export_model(
@@ -82,7 +84,8 @@ def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, c
     )
     arts = {}
     for r in results:
-        entry = {"file": r.path.name, "size_bytes": r.size_bytes, "parity": r.parity.to_dict(), "export_seconds": r.seconds}
+        entry = {"file": r.path.name, "size_bytes": r.size_bytes, "gzip_bytes": gzip_size(r.path),
+                 "parity": r.parity.to_dict(), "export_seconds": r.seconds}
         if recipe.export.evaluate_artifacts:
             console.log(f"evaluating {r.path.name} in {r.parity.runtime} over {len(loader.dataset)} images")
             entry["accuracy"] = evaluate_artifact(r.path, loader, progress=console.is_terminal)
@@ -141,14 +144,18 @@ def run_compress(
         before = _profile_model(model, shape, loader, console)
 
         compressed = model
-        applied = []
+        applied: list[str] = []
+        step_records: dict[str, Any] = {}
         if recipe.steps:
             compressed = copy.deepcopy(model)
-            ctx = StepContext(input_shape=shape, seed=recipe.seed, splits=splits, device=dev, work_dir=work_dir)
+            ctx = StepContext(input_shape=shape, seed=recipe.seed, splits=splits, device=dev, work_dir=work_dir,
+                              original=model)
             for name, params in recipe.steps:
                 console.log(f"step {name} {params}")
                 compressed = get_step(name)(compressed, params, ctx).eval()
                 applied.append(name)
+            notes.extend(ctx.notes)
+            step_records = {k: v for k, v in ctx.records.items() if not k.startswith("_")}
         unchanged = not applied
 
         console.log("exporting " + ", ".join(recipe.export.formats) + " with parity checks")
@@ -202,12 +209,14 @@ def run_compress(
             "device": {"name": dev.name, "fingerprint": dev.fingerprint()},
             "dataset": {"name": recipe.data.dataset, "split": recipe.evaluate.split, "n": len(eval_ds)},
             "steps_applied": applied,
+            "steps": step_records,
             "variants": {"before": before, "after": after},
             "versions": _versions(),
             "notes": notes,
         }
         write_bundle_files(bundle, report, recipe.to_dict())
 
+    shutil.rmtree(work_dir, ignore_errors=True)  # the bundle is complete: step checkpoints are no longer needed
     _print_table(report, out)
     return report
 

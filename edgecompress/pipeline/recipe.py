@@ -126,7 +126,7 @@ def _section(where: str, cls: type, raw: Any):
 
 def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
     """Validate a parsed recipe document and build a `Recipe`."""
-    from edgecompress.pipeline.steps import available_steps
+    from edgecompress.pipeline.steps import available_steps, validate_step
 
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping with keys like name, data, steps, export, measure")
@@ -150,6 +150,12 @@ def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
         if name not in known:
             have = ", ".join(known) if known else "none yet in this version"
             raise UserError(f"{source}: steps[{i}] {name!r} is not an available step{suggest(name, known)}; available: {have}")
+        if params is not None and not isinstance(params, dict):
+            raise UserError(f"{source}: steps[{i}] {name}: its parameters must be a mapping, got {params!r}")
+        try:
+            validate_step(name, dict(params or {}))
+        except ValueError as exc:
+            raise UserError(f"{source}: steps[{i}] {name}: {exc}") from None
         steps.append((name, dict(params or {})))
     sections = {k: _section(f"{source}: {k}", cls, raw.get(k)) for k, cls in _SECTIONS.items()}
     return Recipe(name=str(raw.get("name", Path(source).stem)), seed=seed, steps=tuple(steps), source=source, **sections)
