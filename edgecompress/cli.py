@@ -220,6 +220,43 @@ def devices(as_json: bool) -> None:
 @cli.command()
 @click.argument("model")
 @model_options
+@click.option("--target", default=None, help="Budget: macs=0.5, params=1.2M, latency=0.6 or latency=3ms (latency is measured on --device).")
+@click.option("--ratio", default=None, type=float, help="Instead of --target: fraction of channels removed from every prunable group, in [0, 1).")
+@click.option("--importance", default="l2", show_default=True, help="l1, l2, bn_scale, taylor, fpgm or random.")
+@click.option("--ranking", default="uniform", show_default=True, help="uniform (one ratio everywhere) or global (one importance threshold).")
+@click.option("--round-to", default=None, type=int, help="Kept channel counts are multiples of this [default: the device profile's, 8 for host].")
+@click.option("--min-channels", default=8, show_default=True, help="No layer keeps fewer channels.")
+@click.option("--ignore", multiple=True, metavar="REGEX", help="Leave layers whose name matches whole (repeatable).")
+@click.option("--device", "device_spec", default="host", show_default=True, help="Device for latency targets and the default round-to.")
+@click.option("--finetune-epochs", default=0, show_default=True, help="Fine-tune on the dataset afterwards (0: no fine-tuning).")
+@click.option("--kd/--no-kd", default=True, show_default=True, help="Fine-tune with knowledge distillation from the original model.")
+@click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Fashion-MNIST folder for fine-tuning and taylor.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (model.pt, prune.json).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def prune(model, arch, trust_model_file, input_size, num_classes, target, ratio, importance, ranking, round_to,
+          min_channels, ignore, device_spec, finetune_epochs, kd, data_dir, out, force) -> None:
+    """Prune MODEL's channels physically (structured pruning) and save the smaller model."""
+    from edgecompress.fsutil import check_output_dir
+
+    check_output_dir(out, force)
+    from edgecompress.prune.api import prune_command
+
+    params = {"target": target, "ratio": ratio, "importance": importance, "ranking": ranking,
+              "min_channels": min_channels, "ignore": list(ignore)}
+    if round_to is not None:
+        params["round_to"] = round_to
+    params = {k: v for k, v in params.items() if v is not None}
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
+    report = prune_command(loaded, shape, params, device=device_spec, out=out, force=force,
+                           finetune_epochs=finetune_epochs, kd=kd, data_dir=data_dir)
+    for line in report["summary"]:
+        click.echo(line)
+    click.echo(f"written: {out}/model.pt, {out}/prune.json")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
 @click.option("--recipe", "recipe_path", required=True, type=click.Path(path_type=Path), help="Recipe YAML.")
 @click.option("--device", "device_spec", default="host", show_default=True, help="Where latency is measured.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
