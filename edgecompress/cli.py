@@ -132,10 +132,12 @@ def analyze(model: str, arch: str | None, trust_model_file: bool, input_size: st
         console.print(f"[yellow]channel groups unavailable:[/] {groups_error}")
         return
     table = Table(title=f"coupled-channel groups: {sum(g['prunable'] for g in groups)} of {len(groups)} prunable")
-    for col in ("group", "channels", "prunable", "producers (output channels)", "why not"):
-        table.add_column(col, justify="right" if col in ("group", "channels") else "left")
+    for col in ("group", "channels", "cut by", "prunable", "producers (output channels)", "why not"):
+        table.add_column(col, justify="right" if col in ("group", "channels", "cut by") else "left")
     for g in groups:
-        table.add_row(str(g["id"]), str(g["channels"]), "yes" if g["prunable"] else "no",
+        # "cut by": channels one removable unit takes from a layer (a whole conv group, or
+        # channels a shuffle or chunk ties together); 1 for most layers.
+        table.add_row(str(g["id"]), str(g["channels"]), str(g["unit_size"]), "yes" if g["prunable"] else "no",
                       ", ".join(g["producers"]) or "(input)", g["reason"])
     console.print(table)
 

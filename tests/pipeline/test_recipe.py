@@ -25,7 +25,7 @@ def test_demo_recipe_loads_and_round_trips():
         ({"measure": {"threads": [0]}}, "measure.threads [0] must be a list of positive integers"),
         ({"measure": {"trheads": [1]}}, "measure: unknown key 'trheads' (did you mean threads, trials?)"),
         ({"export": {"formats": ["coreml"]}}, "export.formats ['coreml']"),
-        ({"steps": [{"prune": {"ratio": 0.5}}]}, "'prune' is not an available step"),
+        ({"steps": [{"prnue": {"ratio": 0.5}}]}, "'prnue' is not an available step (did you mean prune"),
         ({"schema": "edgecompress.recipe/9"}, "schema 'edgecompress.recipe/9' is not supported"),
         ({"seed": "zero"}, "seed 'zero' must be an integer"),
         ({"evaluate": {"split": "train"}}, "evaluate.split 'train' must be 'val' or 'test'"),
