@@ -20,3 +20,14 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for the closest matches of `name`, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def check_keys(kind: str, data: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the first unknown key of `data` (with a did-you-mean) and the valid ones.
+
+    `kind` says whose keys they are, e.g. "TrainConfig field" or "prune parameter".
+    """
+    known = sorted(known)
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown[0]!r}{suggest(unknown[0], known)}; valid: {', '.join(known)}")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from edgecompress.errors import UserError, suggest
+from edgecompress.errors import UserError, check_keys
 from edgecompress.train.config import TrainConfig
 from edgecompress.train.hooks import TrainHook
 from edgecompress.train.loop import TrainHistory, train
@@ -55,10 +55,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
         """Build from a JSON/YAML mapping; unknown keys are a ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DistillConfig field(s) {', '.join(unknown)}" + suggest(unknown[0], known))
+        check_keys("DistillConfig field", data, (f.name for f in fields(cls)))
         return cls(**data)
 
 

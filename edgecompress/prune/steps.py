@@ -28,13 +28,11 @@ _DEFAULT_TRAIN = {"epochs": 3, "lr": 0.01, "batch_size": 128, "warmup_epochs": 0
 
 def _split(params: dict, own: set[str], step: str) -> tuple[dict, dict]:
     """(train-config keys, the step's own keys); ValueError for any other key."""
-    from edgecompress.errors import suggest
+    from edgecompress.errors import check_keys
     from edgecompress.train import TrainConfig
 
     train_keys = {f.name for f in fields(TrainConfig)} | _TRAIN_EXTRA
-    unknown = sorted(set(params) - train_keys - own)
-    if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r}{suggest(unknown[0], sorted(train_keys | own))}")
+    check_keys(f"{step} parameter", params, train_keys | own)
     return {k: v for k, v in params.items() if k in train_keys}, {k: v for k, v in params.items() if k in own}
 
 
@@ -55,11 +53,10 @@ def _prune_config(params: dict, round_to: int | None = None):
     from edgecompress.prune.structured import PruneConfig
 
     own = {f.name for f in fields(PruneConfig)}
-    _, mine = _split(params, own | _PRUNE_EXTRA, "prune")
-    train_like = set(params) - own - _PRUNE_EXTRA
-    if train_like:
-        raise ValueError(f"unknown parameter {sorted(train_like)[0]!r}; prune takes {', '.join(sorted(own | _PRUNE_EXTRA))}")
-    cfg = {k: v for k, v in mine.items() if k in own}
+    from edgecompress.errors import check_keys
+
+    check_keys("prune parameter", params, own | _PRUNE_EXTRA)
+    cfg = {k: v for k, v in params.items() if k in own}
     if "ignore" in cfg:
         cfg["ignore"] = tuple(cfg["ignore"])
     if round_to is not None and "round_to" not in cfg:
@@ -71,9 +68,9 @@ def _validate_prune(params: dict) -> None:
     _prune_config(params)
 
 
-def _validate_training(own: set[str]):
+def _validate_training(step: str, own: set[str]):
     def check(params: dict) -> None:
-        train_params, _ = _split(params, own, "")
+        train_params, _ = _split(params, own, step)
         _train_parts(train_params, 0)
     return check
 
@@ -131,7 +128,7 @@ def prune_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn
     return model
 
 
-@register_step("finetune", validate=_validate_training(set()))
+@register_step("finetune", validate=_validate_training("finetune", set()))
 def finetune_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
     """Fine-tune with KD from the original model (kd: false for plain cross-entropy)."""
     from edgecompress.distill import finetune
@@ -144,7 +141,7 @@ def finetune_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) ->
     return model
 
 
-@register_step("slim", validate=_validate_training({"penalty", "include"}))
+@register_step("slim", validate=_validate_training("slim", {"penalty", "include"}))
 def slim_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
     """Network-slimming training (L1 on BatchNorm scales) before a `prune` with importance bn_scale."""
     from edgecompress.distill import finetune

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecompress.errors import UserError, suggest
+from edgecompress.errors import UserError, check_keys, suggest
 from edgecompress.graph.groups import ChannelGroup, build_groups
 
 METRICS = ("macs", "params", "latency")
@@ -136,10 +136,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown PruneConfig key(s) {', '.join(unknown)}" + suggest(unknown[0], sorted(known)))
+        check_keys("PruneConfig key", data, (f.name for f in fields(cls)))
         return cls(**data)
 
 

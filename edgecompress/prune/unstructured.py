@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecompress.errors import UserError, suggest
+from edgecompress.errors import UserError, check_keys, suggest
 from edgecompress.train.hooks import TrainHook
 
 SCOPES = ("layer", "global")
@@ -135,10 +135,7 @@ class GMPConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GMPConfig:
-        names = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            raise ValueError(f"GMPConfig has no field {unknown[0]!r}{suggest(str(unknown[0]), names)}; fields: {', '.join(names)}")
+        check_keys("GMPConfig field", d, (f.name for f in fields(cls)))
         return cls(**d)
 
     def _fields(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from edgecompress.errors import suggest
+from edgecompress.errors import check_keys, suggest
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -77,10 +77,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a JSON/YAML mapping; unknown keys are a ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {', '.join(unknown)}" + suggest(unknown[0], known))
+        check_keys("TrainConfig field", data, (f.name for f in fields(cls)))
         return cls(**data)
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:

@@ -23,7 +23,7 @@ def test_config_validation_and_round_trip():
                        ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"alpha": True}, "alpha")]:
         with pytest.raises(ValueError, match=rf"DistillConfig\.{field} ="):
             DistillConfig(**bad)
-    with pytest.raises(ValueError, match=r"unknown DistillConfig field\(s\) temprature \(did you mean temperature\?\)"):
+    with pytest.raises(ValueError, match=r"unknown DistillConfig field 'temprature' \(did you mean temperature\?\)"):
         DistillConfig.from_dict({"temprature": 3})
 
 

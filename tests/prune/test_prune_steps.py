@@ -38,8 +38,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("steps,match", [
     ([{"prune": {"ratio": 1.5}}], r"steps\[0\] prune: PruneConfig.ratio = 1.5 must be in \[0, 1\)"),
-    ([{"prune": {"target": "macs=0.5", "epochs": 2}}], r"steps\[0\] prune: unknown parameter 'epochs'"),
-    ([{"finetune": {"epoch": 2}}], r"steps\[0\] finetune: unknown parameter 'epoch' \(did you mean epochs"),
+    ([{"prune": {"target": "macs=0.5", "epochs": 2}}], r"steps\[0\] prune: unknown prune parameter 'epochs'"),
+    ([{"finetune": {"epoch": 2}}], r"steps\[0\] finetune: unknown finetune parameter 'epoch' \(did you mean epochs"),
     ([{"finetune": {"kd": {"temperature": -1}}}], r"finetune: .*temperature"),
     ([{"sparsify": {"final_sparsity": 1.2}}], r"sparsify: .*final_sparsity"),
     ([{"slim": {"penalty": 0.1, "lr": -1}}], r"slim: TrainConfig.lr"),
