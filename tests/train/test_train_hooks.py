@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.data.calibration import make_loader
-from edgecompress.data.fashion_mnist import FashionMNIST
 from edgecompress.errors import UserError
 from edgecompress.train import TrainConfig, seed_everything, train
 from edgecompress.train.hooks import TrainHook

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from edgecompress.data.calibration import make_loader
-from edgecompress.data.fashion_mnist import FashionMNIST
 from edgecompress.errors import UserError
 from edgecompress.train import TrainConfig, evaluate, seed_everything, train
 from tiny_task import tiny_data, tiny_model
