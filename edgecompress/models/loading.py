@@ -141,7 +141,7 @@ def save_checkpoint(
         "arch": {"spec": arch_spec, "kwargs": dict(arch_kwargs)},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         # Grouped convs lose whole groups when pruned; the weight shape alone does not say how many.
-        "conv_groups": {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1},
+        "conv_groups": {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.Conv2d)},
         "input_shape": shape,
         "meta": dict(meta or {}),
     }

@@ -231,3 +231,25 @@ def test_latency_target_uses_the_given_measurement() -> None:
     assert result.achieved <= 0.6 * 31_021_952 / 1e7 and len(calls) >= 5
     with pytest.raises(UserError, match="needs a latency measurement"):
         prune_(model, PruneConfig(target="latency=0.5"), input_shape=(1, 28, 28))
+
+
+def test_pruned_grouped_conv_model_saves_and_reloads(tmp_path) -> None:
+    """RegNet's grouped convs lose whole conv groups; the checkpoint records the new group counts."""
+    from edgecompress.models.loading import load_model, save_checkpoint
+
+    loaded = load_model("torchvision:regnet_x_400mf")
+    model = loaded.model.eval()
+    shape = (3, 64, 64)
+    result = prune_(model, PruneConfig(ratio=0.3, round_to=1, min_channels=1), input_shape=shape)
+    grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+    before = {m.groups for m in load_model("torchvision:regnet_x_400mf").model.modules()
+              if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels}
+    assert grouped and {m.groups for m in grouped} != before  # groups were removed, widths per group kept
+    assert all(m.in_channels // m.groups in (8, 16) for m in grouped)  # regnet_x_400mf's group width is 16 (8 in s1)
+    assert result.macs_ratio < 0.8
+    path = save_checkpoint(model, tmp_path / "r.pt", arch_spec="torchvision:regnet_x_400mf", arch_kwargs={},
+                           input_shape=shape)
+    again = load_model(str(path)).model.eval()
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
