@@ -427,8 +427,9 @@ class _Tracker(fx.Interpreter):
         """An argument for the replay: a node becomes its id tensor (or its real value if it has none)."""
         if isinstance(a, fx.Node):
             v = self.ids.get(a)
+            # Always contiguous: the model may call .contiguous() (a no-op on ids) before a view.
             if isinstance(v, torch.Tensor):
-                return v.contiguous() if v.stride() and 0 in v.stride() else v
+                return v.contiguous()
             if isinstance(v, (tuple, list)):
                 return type(v)(t.contiguous() if isinstance(t, torch.Tensor) else t for t in v)
             real = self.env.get(a)
@@ -591,7 +592,8 @@ def _collect(t: _Tracker) -> list[ChannelGroup]:
         if not members and not reasons:
             continue  # atoms nothing reads or writes (e.g. a constant's): nothing to prune
         if not reasons and len(units) == 1 and len(group_atoms) > 1:
-            reasons = ["all channels are tied into one unit (e.g. a channel shuffle after a grouped conv)"]
+            reasons = ["all channels are tied into one unit (the chunks, shuffles or grouped convs they pass "
+                       "through leave no smaller set that can go)"]
         groups.append(ChannelGroup(
             channels=len(group_atoms), units=tuple(tuple(u) for u in units.values()), members=members,
             prunable=not reasons, reason="; ".join(reasons),

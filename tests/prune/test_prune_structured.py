@@ -143,6 +143,17 @@ def test_zoo_zero_equivalence(name: str, kwargs: dict) -> None:
     assert out["result"].macs_after < out["result"].macs_before
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf"])
+def test_torchvision_zero_equivalence(name: str) -> None:
+    """torchvision's own channel shuffle (view, transpose, contiguous, view), SE blocks and grouped convs."""
+    from edgecompress.models.loading import load_model
+
+    torch.manual_seed(0)
+    model = _randomize_bn(load_model(f"torchvision:{name}").model)
+    out = _check_zero_equivalence(model, (3, 64, 64), ratio=0.4)
+    assert out["result"].macs_ratio < 0.9
+
+
 def test_target_macs_met_and_widths_rounded() -> None:
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", num_classes=10, in_channels=1, input_size=28, width_mult=0.5)
