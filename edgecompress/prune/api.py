@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +77,9 @@ def prune_command(
             "model_file": saved_as,
             "prune": result,
             "finetune": ctx.records.get("finetune", []),
-            "summary": [ctx.notes[0]] + [line for line in _group_lines(result)],
+            "summary": [ctx.notes[0]],  # the per-layer lines were printed by the step
         }
         atomic_write_json(tmp / "prune.json", report)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     return report
 
-
-def _group_lines(result: dict) -> list[str]:
-    lines = []
-    for g in result["groups"]:
-        if g["units_after"] < g["units_before"]:
-            lines.append(f"  {g['producers'][0]}{' +' + str(len(g['producers']) - 1) if len(g['producers']) > 1 else ''}: "
-                         f"{g['width_before']} -> {g['width_after']}")
-    return lines
