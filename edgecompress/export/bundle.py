@@ -127,10 +127,39 @@ def render_markdown(report: dict) -> str:
                 lines.append(f"| {vname} | `{art['file']}` | {lat['runtime']} {lat['runtime_version']} | {lat['threads']} | "
                              f"{lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['mean_ms']:.3f} | {lat['std_ms']:.3f} | "
                              f"{lat['runs']} x {lat['trials']} |")
+    lines += _step_sections(report.get("steps") or {})
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in sorted(report["versions"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _step_sections(steps: dict[str, Any]) -> list[str]:
+    """What each compression step did: widths per pruned layer, sparsity per layer, epochs of fine-tuning."""
+    lines: list[str] = []
+    for i, run in enumerate(steps.get("prune", [])):
+        lines += ["", f"## Step prune #{i + 1}: {run.get('target') or 'ratio ' + str(run['config'].get('ratio'))}", "",
+                  f"MACs x{run['macs_ratio']:.3f}, params x{run['params_ratio']:.3f}; importance {run['config']['importance']}, "
+                  f"ranking {run['config']['ranking']}, round_to {run['config']['round_to']}.", "",
+                  "| layer (output channels) | channels before | after | left whole because |", "|---|---:|---:|---|"]
+        for g in run["groups"]:
+            if not g["producers"] or g["why_whole"] in ("network input", "network output"):
+                continue
+            more = f" (+{len(g['producers']) - 1} coupled)" if len(g["producers"]) > 1 else ""
+            lines.append(f"| `{g['producers'][0]}`{more} | {g['width_before']} | {g['width_after']} | {g['why_whole']} |")
+    for i, run in enumerate(steps.get("sparsify", [])):
+        sp = run["sparsity"]
+        lines += ["", f"## Step sparsify #{i + 1}: {sp['sparsity']:.1%} of {sp['params']:,} weights are zero", "",
+                  "Dense runtimes do not run faster on unstructured zeros; compare the gzip sizes above.", "",
+                  "| tensor | params | zeros | sparsity |", "|---|---:|---:|---:|"]
+        lines += [f"| `{x['name']}` | {x['params']:,} | {x['zeros']:,} | {x['sparsity']:.1%} |" for x in sp["layers"]]
+    for name in ("slim", "finetune"):
+        for i, run in enumerate(steps.get(name, [])):
+            lines += ["", f"## Step {name} #{i + 1}", "", "| epoch | train loss | val top-1 | seconds |", "|---:|---:|---:|---:|"]
+            for e in run["history"]["epochs"]:
+                val = "–" if e.get("val_top1") is None else f"{100 * e['val_top1']:.2f}%"
+                lines.append(f"| {e['epoch']} | {e['train_loss']:.4f} | {val} | {e['seconds']:.0f} |")
+    return lines
 
 
 def write_bundle_files(bundle_dir: Path, report: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:

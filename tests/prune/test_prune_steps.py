@@ -68,6 +68,9 @@ def test_compress_prunes_finetunes_and_reloads(tmp_path, checkpoint) -> None:
         art = after["artifacts"][fmt]
         assert art["parity"]["passed"] and 0 < art["gzip_bytes"] < art["size_bytes"]
         assert art["size_bytes"] < before["artifacts"][fmt]["size_bytes"] * 0.75
+    md = (out / "report.md").read_text()
+    assert "## Step prune #1: macs=0.5" in md and "| `features.0.conv` | 16 | 8 |  |" in md
+    assert "## Step finetune #1" in md and "| 1 |" in md
     reloaded = load_model(str(out / "model.pt"))
     assert analyze(reloaded.model, (1, 28, 28)).total_macs == after["macs"]
     assert not (tmp_path / ".bundle.work").exists()  # step checkpoints are dropped once the bundle is complete
@@ -88,7 +91,7 @@ def test_sparsify_step_reports_zeros_and_gzip(tmp_path, checkpoint) -> None:
     assert abs(onnx_after["size_bytes"] - onnx_before["size_bytes"]) < 0.01 * onnx_before["size_bytes"]  # zeros stay
     assert any("do not run faster on unstructured zeros" in n for n in report["notes"])
     md = (tmp_path / "b" / "report.md").read_text()
-    assert "gzip size, ONNX" in md
+    assert "gzip size, ONNX" in md and "## Step sparsify #1: 80.0% of" in md
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
