@@ -331,7 +331,8 @@ class _Tracker(fx.Interpreter):
 
     def _read(self, name: str, kind: str, x: torch.Tensor, dim: int) -> list[int]:
         """Record `name` reading dim `dim` of x; atoms sharing a position are tied. Returns one atom per position (-1: none)."""
-        per_pos = x.movedim(dim, 0).reshape(x.shape[dim], -1)
+        dim = dim % x.dim()
+        per_pos = _compact(x, keep=dim).movedim(dim, 0).reshape(x.shape[dim], -1)
         first = per_pos[:, 0]
         if per_pos.shape[1] > 1 and not bool((per_pos == first[:, None]).all()):
             self.atoms.tie(torch.stack([first[:, None].expand_as(per_pos).reshape(-1), per_pos.reshape(-1)]))
@@ -365,7 +366,7 @@ class _Tracker(fx.Interpreter):
         """Pooling keeps channels in place when the ids do not vary over the pooled (spatial) dims."""
         if not isinstance(x, torch.Tensor) or x.dim() != result.dim() or x.dim() < 3:
             return self._opaque(n, result, f"pooling {n.name} on an unexpected layout")
-        spatial = x.flatten(2)
+        spatial = _compact(x, keep=1).flatten(2)
         if not bool((spatial == spatial[..., :1]).all()):
             return self._opaque(n, result, f"pooling {n.name} mixes channels that vary across space")
         return _along(spatial[0, :, 0], 1, result.shape) if x.shape[0] == 1 else self._opaque(n, result, f"pooling {n.name}")
@@ -375,15 +376,19 @@ class _Tracker(fx.Interpreter):
         operands = [o for o in operands if isinstance(o, torch.Tensor)]
         if not isinstance(result, torch.Tensor):
             return self._opaque(n, result, f"{_label(n)} ({n.name}) does not return a tensor")
+        # Dims along which an id tensor is a broadcast view hold one value: tie on the
+        # compact shape (C pairs for a residual add, not C x H x W).
+        compact = [_compact(o) for o in operands]
         try:
-            full = [o.expand(result.shape) for o in operands]
+            shape = torch.broadcast_shapes(*(c.shape for c in compact))
+            full = [c.expand(shape) for c in compact]
+            base = full[0]
+            for other in full[1:]:
+                self.atoms.tie(torch.stack([base.reshape(-1), other.reshape(-1)]))
+                base = torch.where(base >= 0, base, other)
+            return base.expand(result.shape)
         except RuntimeError:
             return self._opaque(n, result, f"{_label(n)} ({n.name}) broadcasts in a way not tracked")
-        base = full[0]
-        for other in full[1:]:
-            self.atoms.tie(torch.stack([base.reshape(-1), other.reshape(-1)]))
-            base = torch.where(base >= 0, base, other)
-        return base
 
     def _reduce(self, n: fx.Node, x: Any, result: Any) -> Any:
         """mean/sum over dims whose ids are constant keeps the atoms (global pooling as x.mean((2, 3)))."""
@@ -495,7 +500,18 @@ def _has_tensor(v: Any) -> bool:
 
 
 def _varies(t: torch.Tensor, dim: int) -> bool:
-    return t.shape[dim] > 1 and not bool((t == t.narrow(dim, 0, 1)).all())
+    if t.shape[dim] <= 1 or t.stride(dim) == 0:
+        return False
+    t = _compact(t, keep=dim)
+    return not bool((t == t.narrow(dim, 0, 1)).all())
+
+
+def _compact(t: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+    """`t` with every broadcast (stride-0) dim except `keep` cut to size 1: same ids, far fewer elements."""
+    for d in range(t.dim()):
+        if d != keep and t.shape[d] > 1 and t.stride(d) == 0:
+            t = t.narrow(d, 0, 1)
+    return t
 
 
 def _along(values: torch.Tensor | list[int], dim: int, shape: torch.Size) -> torch.Tensor:
