@@ -71,7 +71,7 @@ _MOVE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permut
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 
-KINDS = ("out", "in", "norm", "depthwise", "group_in", "group_out")
+KINDS = ("out", "in", "norm", "depthwise", "group_in", "group_out", "param")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ class Member:
     kind: "out" (Conv2d/Linear output: weight rows, bias), "in" (Conv2d/Linear input:
     weight columns), "norm" (BatchNorm channels, LayerNorm last dim), "depthwise" (a
     depthwise conv: channel k in is channel k out), "group_in"/"group_out" (the input and
-    output channels of a grouped conv, removed a whole conv group at a time).
+    output channels of a grouped conv, removed a whole conv group at a time), "param" (a
+    per-channel tensor used directly in forward, e.g. ConvNeXt's layer scale; `name` is
+    the tensor's qualified name and its one dimension longer than 1 is the channel one).
     positions[i] is an index along the member's channel dimension; atoms[i] the group
     channel it carries. After a flatten one atom has several positions (one per pixel).
     """
@@ -215,8 +217,9 @@ def _label(node: fx.Node) -> str:
 class _Tracker(fx.Interpreter):
     """Runs the graph on real tensors and, alongside, computes every node's id tensor."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module) -> None:
         super().__init__(gm, garbage_collect_values=False)
+        self.source_modules = dict(model.named_modules())  # the traced graph drops modules it traced through
         self.atoms = _Atoms()
         self.ids: dict[fx.Node, Any] = {}
         self.members: list[tuple[str, str, list[int], list[int]]] = []  # (name, kind, positions, atoms)
@@ -270,9 +273,7 @@ class _Tracker(fx.Interpreter):
                 self.atoms.refuse(ids, OUTPUT_REASON)
             return None
         if n.op == "get_attr":
-            if isinstance(result, torch.Tensor) and result.numel() > 1:
-                return self.atoms.new(1, f"tensor attribute {n.target} used in forward is not tracked").expand(result.shape)
-            return None
+            return self._attr(str(n.target), result)
         if not _has_tensor(result):
             return None  # size(), dim(), shape arithmetic: carries no channels
         inputs = self._inputs(n)
@@ -284,6 +285,8 @@ class _Tracker(fx.Interpreter):
         x = self.ids.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
         if (is_method and fn in _PASS_METHODS) or (not is_method and (fn in _PASS_FUNCS or _label(n) in _PASS_NAMES)):
             return x if isinstance(x, torch.Tensor) and x.shape == result.shape else self._opaque(n, result, f"{_label(n)} ({n.name}) changes shape")
+        if not is_method and fn is nn.functional.layer_norm:
+            return self._layer_norm(n, x, result)
         if not is_method and fn in _POOL_FUNCS:
             return self._pool(n, x, result)
         if (is_method and fn in _ELEMENTWISE_METHODS) or (not is_method and fn in _ELEMENTWISE):
@@ -293,6 +296,40 @@ class _Tracker(fx.Interpreter):
         if (is_method and fn in _MOVE_METHODS) or (not is_method and fn in _MOVE_FUNCS):
             return self._move(n, result)
         return self._opaque(n, result, f"unsupported op {_label(n)} ({n.name})")
+
+    def _attr(self, target: str, value: Any) -> Any:
+        """A tensor used directly in forward. Per-channel ones (one dim longer than 1) get an atom per
+        entry and are cut with the channels they meet; others refuse whatever they touch."""
+        if not isinstance(value, torch.Tensor) or value.numel() <= 1:
+            return None
+        long_dims = [d for d, size in enumerate(value.shape) if size > 1]
+        owner = self.source_modules.get(target.rpartition(".")[0])
+        if len(long_dims) != 1:
+            return self.atoms.new(1, f"tensor attribute {target} used in forward is not tracked").expand(value.shape)
+        d, size = long_dims[0], value.shape[long_dims[0]]
+        ids = self.atoms.new(size)
+        if not isinstance(owner, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):  # a norm's own tensors: see _layer_norm
+            self.members.append((target, "param", list(range(size)), ids.tolist()))
+        return _along(ids, d, value.shape)
+
+    def _layer_norm(self, n: fx.Node, x: Any, result: Any) -> Any:
+        """F.layer_norm over the last dim (LayerNorm on a permuted map, e.g. ConvNeXt's LayerNorm2d)."""
+        shape = n.args[1] if len(n.args) > 1 else n.kwargs.get("normalized_shape")
+        if not isinstance(x, torch.Tensor) or len(tuple(shape)) != 1:
+            return self._opaque(n, result, f"layer_norm ({n.name}) over more than one dim")
+        affine = [a for a in (list(n.args[2:4]) + [n.kwargs.get("weight"), n.kwargs.get("bias")]) if isinstance(a, fx.Node)]
+        owners = {str(a.target).rpartition(".")[0] if a.op == "get_attr" else None for a in affine}
+        owner = next(iter(owners)) if len(owners) == 1 else None
+        if not affine:
+            return x
+        if not isinstance(self.source_modules.get(owner or ""), nn.LayerNorm):
+            return self._opaque(n, result, f"layer_norm ({n.name}) with weights not owned by one nn.LayerNorm")
+        atoms = torch.tensor(self._read(owner, "norm", x, -1))
+        for a in affine:
+            ids = self.ids.get(a)
+            if isinstance(ids, torch.Tensor):
+                self.atoms.tie(torch.stack([atoms, ids.reshape(-1)]))
+        return x
 
     def _module(self, n: fx.Node, mod: nn.Module, result: Any) -> Any:
         name = str(n.target)
@@ -532,7 +569,7 @@ def build_groups(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Ch
     gm = trace(model)
     modes = {m: m.training for m in gm.modules()}  # restored one by one: frozen BNs stay frozen
     gm.eval()
-    tracker = _Tracker(gm)
+    tracker = _Tracker(gm, model)
     try:
         with torch.no_grad():
             tracker.run(torch.zeros(1, *input_shape))
@@ -607,6 +644,8 @@ def _collect(t: _Tracker) -> list[ChannelGroup]:
                         for name, kind, pos, ats in members_of[root])
         if not members and not reasons:
             continue  # atoms nothing reads or writes (e.g. a constant's): nothing to prune
+        if members and all(m.kind == "param" for m in members) and not reasons:
+            reasons = [f"tensor {members[0].name} is not tied to any layer's channels"]
         if not reasons and len(units) == 1 and len(group_atoms) > 1:
             reasons = ["all channels are tied into one unit (the chunks, shuffles or grouped convs they pass "
                        "through leave no smaller set that can go)"]

@@ -360,6 +360,15 @@ def _adopt_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor], conv
         m.weight = nn.Parameter(torch.empty_like(weight))
         if getattr(m, "bias", None) is not None:
             m.bias = nn.Parameter(torch.empty(weight.shape[0]))
+    # Per-channel tensors used directly in forward (a layer scale) are cut with their channels too.
+    layers = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+    for name, m in model.named_modules():
+        if isinstance(m, layers):
+            continue
+        for attr, p in list(m.named_parameters(recurse=False)):
+            saved = state_dict.get(f"{name}.{attr}" if name else attr)
+            if saved is not None and saved.shape != p.shape and saved.dim() == p.dim():
+                setattr(m, attr, nn.Parameter(torch.empty_like(saved), requires_grad=p.requires_grad))
 
 
 # --- module:function ------------------------------------------------------------------

@@ -409,13 +409,21 @@ def _masks(model: nn.Module, groups: list[ChannelGroup], plan: dict[int, list[in
             for side in _SIDES[m.kind]:
                 key = (m.name, side)
                 if key not in masks:
-                    masks[key] = torch.ones(_width(modules[m.name], side), dtype=torch.bool)
+                    width = _param_dim(model, m.name)[1] if side == "param" else _width(modules[m.name], side)
+                    masks[key] = torch.ones(width, dtype=torch.bool)
                 masks[key][drop] = False
     return masks
 
 
 _SIDES = {"out": ("out",), "group_out": ("out",), "in": ("in",), "group_in": ("in",), "norm": ("out",),
-          "depthwise": ("in", "out")}
+          "depthwise": ("in", "out"), "param": ("param",)}
+
+
+def _param_dim(model: nn.Module, name: str) -> tuple[int, int]:
+    """(dim, size) of a per-channel tensor's one dimension longer than 1."""
+    t = model.get_parameter(name) if name in dict(model.named_parameters()) else model.get_buffer(name)
+    (d,) = [i for i, size in enumerate(t.shape) if size > 1]
+    return d, t.shape[d]
 
 
 def _width(mod: nn.Module, side: str) -> int:
@@ -446,7 +454,13 @@ def _shrink(modules: dict[str, nn.Module], name: str, masks: Masks) -> float:
 def _apply(model: nn.Module, masks: Masks) -> None:
     """Physically remove the masked-out channels from each layer."""
     modules = dict(model.named_modules())
-    for name in dict.fromkeys(n for n, _ in masks):
+    for (name, side), keep in masks.items():
+        if side == "param":  # a per-channel tensor used in forward (e.g. a layer scale)
+            owner, _, attr = name.rpartition(".")
+            d, _ = _param_dim(model, name)
+            with torch.no_grad():
+                _set(modules[owner], attr, getattr(modules[owner], attr).index_select(d, keep.nonzero().flatten()))
+    for name in dict.fromkeys(n for n, side in masks if side != "param"):
         mod = modules[name]
         keep_in, keep_out = masks.get((name, "in")), masks.get((name, "out"))
         with torch.no_grad():

@@ -205,8 +205,18 @@ class _LayerScale(nn.Module):
         return self.head(self.conv(x) * self.gamma)
 
 
-def test_per_channel_parameter_is_refused_not_ignored() -> None:
+def test_per_channel_parameter_joins_the_group_and_others_are_refused() -> None:
     group = _group_of(build_groups(_LayerScale(), (1, 4, 4)), "conv")
+    assert group.prunable
+    (gamma,) = [m for m in group.members if m.kind == "param"]
+    assert gamma.name == "gamma" and gamma.positions == (0, 1, 2, 3)
+
+    class _Table(_LayerScale):  # a 2-D tensor (channels x something) used in forward is not followed
+        def __init__(self) -> None:
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(1, 4, 4, 1))
+
+    group = _group_of(build_groups(_Table(), (1, 4, 4)), "conv")
     assert not group.prunable and "tensor attribute gamma" in group.reason
 
 

@@ -264,3 +264,26 @@ def test_pruned_grouped_conv_model_saves_and_reloads(tmp_path) -> None:
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
+
+
+def test_convnext_layer_scale_and_layer_norm_2d_are_cut_with_their_channels(tmp_path) -> None:
+    """ConvNeXt's residual width runs through a per-channel layer scale (a tensor used in forward)
+    and LayerNorm2d (F.layer_norm on a permuted map): both follow the pruned channels."""
+    from edgecompress.models.loading import load_model, save_checkpoint
+
+    model = load_model("torchvision:convnext_tiny").model.eval()
+    shape = (3, 64, 64)
+    groups = build_groups(model, shape)
+    stage1 = next(g for g in groups if "features.0.0" in g.producers)
+    assert stage1.prunable and len(stage1.units) == 96
+    kinds = {(m.name, m.kind) for m in stage1.members}
+    assert ("features.1.0.layer_scale", "param") in kinds and ("features.0.1", "norm") in kinds
+    result = prune_(model, PruneConfig(ratio=0.3, round_to=8), input_shape=shape)
+    assert result.macs_ratio < 0.55
+    assert model.features[1][0].layer_scale.shape == (model.features[0][0].out_channels, 1, 1) == (64, 1, 1)
+    assert model.features[0][1].normalized_shape == (64,)
+    path = save_checkpoint(model, tmp_path / "c.pt", arch_spec="torchvision:convnext_tiny", arch_kwargs={}, input_shape=shape)
+    again = load_model(str(path)).model.eval()
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
