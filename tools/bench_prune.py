@@ -2,8 +2,10 @@
 """Our structured pruner against Torch-Pruning 1.6.1 at the same MAC budget, side by side.
 
 For each model, four variants: `dense`; `ours` (edgecompress `prune_`, L2 importance,
-widths rounded to multiples of 8); `tp` (Torch-Pruning's BasePruner with L2 magnitude
-importance, no rounding: its generic call); `tp_round8` (the same with round_to=8). Each
+widths rounded to the multiple this CPU's runtimes need: 16 with AVX-512F, 8 otherwise,
+`edgecompress.devices.local.host_round_to`); `tp` (Torch-Pruning's BasePruner with L2
+magnitude importance, no rounding: its generic call); `tp_rounded` (the same with
+Torch-Pruning's round_to set to that multiple). Each
 is exported to ONNX and TFLite (parity checked) and timed on this CPU at 1 and 2 threads,
 all files of one model in one interleaved measurement, so every variant sees the same
 background load. For the demo model (Fashion-MNIST) each pruned variant is also
@@ -47,7 +49,7 @@ MODELS = {
     "mobilenet_v2": "torchvision:mobilenet_v2",
     "resnet18": "torchvision:resnet18",
 }
-VARIANTS = ("dense", "ours", "tp", "tp_round8")
+VARIANTS = ("dense", "ours", "tp", "tp_rounded")
 PRUNED = VARIANTS[1:]
 FORMATS = ("onnx", "tflite")
 RUNTIME_OF = {"onnx": "onnxruntime", "tflite": "litert"}
@@ -198,13 +200,20 @@ def conv_widths(model: Any) -> dict[str, int]:
     from torch import nn
 
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return {"convs": len(convs), "convs_out_not_multiple_of_8": sum(m.out_channels % 8 != 0 for m in convs)}
+    step = _round_to()
+    return {"convs": len(convs), "round_to": step, "convs_out_not_multiple": sum(m.out_channels % step != 0 for m in convs)}
+
+
+def _round_to() -> int:
+    from edgecompress.devices.local import host_round_to
+
+    return host_round_to()
 
 
 def prune_ours(dense: Any, input_shape: tuple[int, int, int], budget: float) -> tuple[Any, dict]:
     from edgecompress.prune import PruneConfig, prune_
 
-    config = PruneConfig(target=f"macs={budget:g}", importance="l2", round_to=8)
+    config = PruneConfig(target=f"macs={budget:g}", importance="l2", round_to=_round_to())
     model = copy.deepcopy(dense)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -275,7 +284,7 @@ def build_variants(tp: Any, dense: Any, input_shape: tuple[int, int, int], budge
     steps: dict[str, Callable[[], tuple[Any, dict]]] = {
         "ours": lambda: prune_ours(dense, input_shape, budget),
         "tp": lambda: prune_tp(tp, dense, input_shape, budget, None),
-        "tp_round8": lambda: prune_tp(tp, dense, input_shape, budget, 8),
+        "tp_rounded": lambda: prune_tp(tp, dense, input_shape, budget, _round_to()),
     }
     macs0, params0 = cost(dense, input_shape)
     tp0 = tp_macs(tp, dense, input_shape)
@@ -291,7 +300,7 @@ def build_variants(tp: Any, dense: Any, input_shape: tuple[int, int, int], budge
                      tp_counter_macs_ratio=tp_macs(tp, model, input_shape) / tp0, **conv_widths(model))
         if name != "dense":
             log(f"  {name:9s} MACs {facts['macs_ratio']:.3f}  params {facts['params_ratio']:.3f}  "
-                f"ratio {facts['uniform_ratio']:.4f}  convs not x8 {facts['convs_out_not_multiple_of_8']}/{facts['convs']}  "
+                f"ratio {facts['uniform_ratio']:.4f}  convs not x{facts['round_to']} {facts['convs_out_not_multiple']}/{facts['convs']}  "
                 f"({facts['prune_seconds']} s)")
     return variants
 
@@ -506,9 +515,10 @@ def render_markdown(report: dict) -> str:
         "",
         f"`{report['command']}`",
         "",
-        "- ours: `prune_(model, PruneConfig(target='macs=…', importance='l2', round_to=8))`.",
+        f"- ours: `prune_(model, PruneConfig(target='macs=…', importance='l2', round_to={_round_to()}))` "
+        "(this CPU's NCHWc block: 16 with AVX-512F, 8 otherwise).",
         "- tp: Torch-Pruning `BasePruner`, `MagnitudeImportance(p=2)`, classifier ignored, one step; "
-        "tp_round8: the same with `round_to=8`.",
+        f"tp_rounded: the same with `round_to={_round_to()}`.",
         f"- {s['budget_method']}",
         "- Latency: p50 ms of ONNX Runtime (.onnx) and LiteRT (.tflite) on this CPU, every file of a model measured "
         "in one interleaved run; (x) = dense p50 / variant p50 for the same runtime and threads.",
@@ -522,14 +532,14 @@ def render_markdown(report: dict) -> str:
                   f"{ls['trials']} trials x {ls['runs']} runs (+{ls['warmup']} warm-up) per file and thread count; "
                   f"dense: {v['dense']['macs'] / 1e6:.1f} M MACs, {v['dense']['params'] / 1e6:.2f} M params.", ""]
         has_acc = "finetune" in m
-        head = ["variant", "MACs", "params", "convs not x8"]
+        head = ["variant", "MACs", "params", f"convs not x{_round_to()}"]
         head += [f"{'ORT' if rt == 'onnxruntime' else 'LiteRT'} {t}t" for rt in ("onnxruntime", "litert") for t in threads]
         if has_acc:
             head += ["top-1 pruned", "top-1 BN re-est.", "top-1 fine-tuned"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for variant, f in v.items():
             row = [variant, f"{f['macs_ratio']:.3f}", f"{f['params_ratio']:.3f}",
-                   f"{f['convs_out_not_multiple_of_8']}/{f['convs']}"]
+                   f"{f['convs_out_not_multiple']}/{f['convs']}"]
             for rt in ("onnxruntime", "litert"):
                 for t in threads:
                     row.append(f"{f['latency'][rt][str(t)]['p50_ms']:.3f} ({f['speedup'][rt][str(t)]:.2f}x)")

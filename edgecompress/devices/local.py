@@ -123,6 +123,18 @@ def _tail(text: str, lines: int = 4, chars: int = 600) -> str:
     return joined if len(joined) <= chars else "..." + joined[-chars:]
 
 
+def host_round_to() -> int:
+    """Channel multiple this CPU's runtimes are fast at: ONNX Runtime's NCHWc convolutions (MLAS) use
+    blocks of 16 channels with AVX-512F and of 8 with AVX2; other channel counts fall back to slower
+    kernels with layout reorders between them. Measured on an AVX-512 Xeon (the demo model pruned to
+    ~half its MACs, ONNX Runtime 1 thread): unrounded 0.48x the dense speed, multiples of 8 1.54x,
+    multiples of 16 2.19x."""
+    flags = set()
+    for block in _cpuinfo_fields(_read("/proc/cpuinfo"))[:1]:
+        flags = set((block.get("flags") or block.get("Features") or "").split())
+    return 16 if "avx512f" in flags else 8
+
+
 class LocalDevice:
     """This machine's CPU ("host"); see the module docstring for how it measures."""
 
@@ -142,6 +154,10 @@ class LocalDevice:
         if self._fingerprint is None:
             self._fingerprint = host_fingerprint()
         return dict(self._fingerprint)
+
+    def round_to(self) -> int:
+        """See `host_round_to`."""
+        return host_round_to()
 
     def runtimes(self) -> list[str]:
         return [name for name in RUNTIME_DISTRIBUTIONS if runtime_version(name) is not None]

@@ -34,7 +34,7 @@ class DeviceProfile:
     abi: str | None = None  # e.g. "arm64-v8a"
     cpu_mask: str | None = None  # hex taskset mask of the big cores, e.g. "f0"
     cooldown_s: float = 0.0  # pause between trials (s), lets a phone's clocks recover
-    round_to: int = 8  # channel multiple the device's runtimes are fast at (measured; see tools/bench_prune.py)
+    round_to: int | str = 8  # channel multiple its runtimes are fast at, or "auto" (host: from the CPU's vector width)
     binaries: dict = field(default_factory=dict)  # runtime -> benchmark binary path on the device
     flags: dict = field(default_factory=dict)  # runtime -> list of extra known-good flags
     path: str = ""  # file it was loaded from
@@ -53,8 +53,9 @@ class DeviceProfile:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
-            raise ValueError(f"round_to must be an integer >= 1 (channels), got {self.round_to!r}")
+        if self.round_to != "auto" and (not isinstance(self.round_to, int) or isinstance(self.round_to, bool)
+                                        or self.round_to < 1):
+            raise ValueError(f"round_to must be an integer >= 1 (channels) or auto, got {self.round_to!r}")
         if not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
             raise ValueError(f"cooldown_s must be a number >= 0 s, got {self.cooldown_s!r}")
         if self.cpu_mask is not None:

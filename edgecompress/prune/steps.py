@@ -76,11 +76,15 @@ def _validate_training(step: str, own: set[str]):
 
 
 def _device_round_to(ctx: StepContext) -> int | None:
-    """The channel multiple the device profile says its runtimes like (None: no profile)."""
+    """The channel multiple the device profile says its runtimes like ("auto": ask the device); None: unknown."""
     from edgecompress.devices.profiles import list_profiles, load_profile
 
     name = getattr(ctx.device, "name", None)
-    return load_profile(name).round_to if name in list_profiles() else None
+    value = load_profile(name).round_to if name in list_profiles() else "auto"
+    if value == "auto":
+        ask = getattr(ctx.device, "round_to", None)
+        return ask() if callable(ask) else None
+    return value
 
 
 def _loader(ctx: StepContext, split: str, batch_size: int, shuffle: bool, n: int | None = None):

@@ -123,3 +123,13 @@ def test_worker_runs_standalone(tiny_onnx):
     )  # fmt: skip
     result = json.loads(out.stdout)
     assert len(result["samples_ms"]) == 3 and result["runtime_version"]
+
+
+def test_host_round_to_follows_the_vector_width(monkeypatch) -> None:
+    from edgecompress.devices import local
+
+    monkeypatch.setattr(local, "_read", lambda path: "processor : 0\nflags : fpu sse avx2 avx512f avx512bw\n")
+    assert local.host_round_to() == 16  # MLAS NCHWc blocks of 16 channels with AVX-512F
+    monkeypatch.setattr(local, "_read", lambda path: "processor : 0\nflags : fpu sse avx2 fma\n")
+    assert local.host_round_to() == 8
+    assert local.LocalDevice().round_to() == 8

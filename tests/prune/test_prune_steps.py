@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from edgecompress.devices.local import host_round_to
 from edgecompress.errors import UserError
 from edgecompress.graph import analyze
 from edgecompress.models import create_model
@@ -60,7 +61,7 @@ def test_compress_prunes_finetunes_and_reloads(tmp_path, checkpoint) -> None:
     before, after = report["variants"]["before"], report["variants"]["after"]
     pruned = report["steps"]["prune"][0]
     assert pruned["macs_ratio"] <= 0.5 and after["macs"] == pruned["macs_after"] and before["macs"] == pruned["macs_before"]
-    assert pruned["config"]["round_to"] == 8  # from device_profiles/host.yaml
+    assert pruned["config"]["round_to"] == host_round_to()  # device_profiles/host.yaml says auto
     assert report["steps"]["finetune"][0]["distill"] == {"temperature": 4.0, "alpha": 0.9}
     assert len(report["steps"]["finetune"][0]["history"]["epochs"]) == 1
     assert any(n.startswith("prune (macs=0.5") for n in report["notes"])

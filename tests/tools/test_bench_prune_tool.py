@@ -45,12 +45,12 @@ def test_bench_prune_demo_quick(tmp_path, capsys):
     assert "--quick" in report["command"]
     demo = report["models"]["demo"]
     assert demo["input_shape"] == [1, 28, 28]
-    assert set(demo["variants"]) == {"dense", "ours", "tp", "tp_round8"}
+    assert set(demo["variants"]) == {"dense", "ours", "tp", "tp_rounded"}
     assert demo["finetune"]["train_images"] == 256 and demo["finetune"]["test_images"] == 500
 
     variants = demo["variants"]
     assert variants["dense"]["macs_ratio"] == 1.0
-    for name in ("ours", "tp", "tp_round8"):
+    for name in ("ours", "tp", "tp_rounded"):
         v = variants[name]
         assert 0.3 < v["macs_ratio"] <= 0.5 + MACS_TOLERANCE, (name, v["macs_ratio"])
         assert 0 < v["params_ratio"] < 1
@@ -58,8 +58,8 @@ def test_bench_prune_demo_quick(tmp_path, capsys):
         assert 0 <= acc["test_top1_pruned"] <= 1 and 0 <= acc["test_top1_finetuned"] <= 1
         assert acc["dense_test_top1"] > 0.85  # the bundled demo model is trained
     # Rounded to multiples of 8 by both pruners that round; Torch-Pruning's plain call does not.
-    assert variants["ours"]["convs_out_not_multiple_of_8"] == 0
-    assert variants["tp_round8"]["convs_out_not_multiple_of_8"] == 0
+    assert variants["ours"]["convs_out_not_multiple"] == 0
+    assert variants["tp_rounded"]["convs_out_not_multiple"] == 0
 
     for name, v in variants.items():
         for fmt in ("onnx", "tflite"):
@@ -74,8 +74,8 @@ def test_bench_prune_demo_quick(tmp_path, capsys):
         if name == "dense":
             assert v["speedup"]["onnxruntime"]["1"] == 1.0
 
-    assert "## demo" in md and "| tp_round8 |" in md and "top-1 fine-tuned" in md
-    assert "| tp_round8 |" in capsys.readouterr().out
+    assert "## demo" in md and "| tp_rounded |" in md and "top-1 fine-tuned" in md
+    assert "| tp_rounded |" in capsys.readouterr().out
 
 
 def test_bench_prune_rejects_bad_options(tmp_path, capsys):
