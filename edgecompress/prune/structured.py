@@ -176,6 +176,8 @@ class PruneResult:
     achieved: float | None  # the target metric after pruning, same units as the target
     setting: float | None  # the uniform ratio or global threshold that met the target
     warnings: list[str] = field(default_factory=list)
+    latency_before_ms: float | None = None  # measured by latency_fn, for latency targets
+    latency_after_ms: float | None = None
 
     @property
     def macs_ratio(self) -> float:
@@ -260,11 +262,12 @@ def prune_(
         return macs, params
 
     setting: float | None = None
+    base_ms = latency_fn(model) if target is not None and target.metric == "latency" else None  # type: ignore[misc]
     if target is None:
         counts = keep_counts(config.ratio or 0.0, "ratio")
     else:
         counts, setting = _solve(model, groups, scores, target, config.ranking, keep_counts, estimate,
-                                 base.total_macs, base.total_params, latency_fn)
+                                 base.total_macs, base.total_params, latency_fn, base_ms)
         if target.metric != "latency":
             counts = _fill(groups, scores, steps, set(whole) | set(fixed), counts, estimate, target,
                            base.total_macs if target.metric == "macs" else base.total_params)
@@ -279,18 +282,21 @@ def prune_(
         _restore(model, attrs, backup)
         raise
     after = analyze(model, input_shape)
-    achieved = None
+    achieved = after_ms = None
     if target is not None:
-        achieved = {"macs": after.total_macs, "params": after.total_params}.get(target.metric)
-        if achieved is None:
-            achieved = latency_fn(model)  # type: ignore[misc]
-        elif target.fraction:
-            achieved /= base.total_macs if target.metric == "macs" else base.total_params
+        if target.metric == "latency":
+            after_ms = latency_fn(model)  # type: ignore[misc]
+            achieved = after_ms / base_ms if target.fraction else after_ms  # type: ignore[operator]
+        else:
+            achieved = after.total_macs if target.metric == "macs" else after.total_params
+            if target.fraction:
+                achieved /= base.total_macs if target.metric == "macs" else base.total_params
     return PruneResult(
         groups=[_plan_row(g, counts[i], whole.get(i, "")) for i, g in enumerate(groups)],
         macs_before=base.total_macs, macs_after=after.total_macs,
         params_before=base.total_params, params_after=after.total_params,
         target=str(target) if target else None, achieved=achieved, setting=setting, warnings=notes,
+        latency_before_ms=base_ms, latency_after_ms=after_ms,
     )
 
 
@@ -339,11 +345,10 @@ def _round_units(want: float, step: int, lo: int, n: int) -> int:
 
 
 def _solve(model, groups, scores, target: Target, ranking: str, keep_counts, estimate, macs0: int, params0: int,
-           latency_fn: LatencyFn | None) -> tuple[dict[int, int], float]:
+           latency_fn: LatencyFn | None, base_ms: float | None) -> tuple[dict[int, int], float]:
     """Bisection on the uniform ratio (or the global threshold) for the loosest setting meeting the target."""
     if target.metric == "latency":
-        base_ms = latency_fn(model)  # type: ignore[misc]
-        goal = target.value * base_ms if target.fraction else target.value
+        goal = target.value * base_ms if target.fraction else target.value  # type: ignore[operator]
 
         def measure(counts: dict[int, int]) -> float:
             trial = copy.deepcopy(model)
@@ -365,7 +370,7 @@ def _solve(model, groups, scores, target: Target, ranking: str, keep_counts, est
     tightest = keep_counts(hi, mode)
     floor = measure(tightest)
     if floor > goal:
-        reach = floor / (latency_fn(model) if target.metric == "latency" else whole) if target.fraction else floor  # type: ignore[misc]
+        reach = floor / (base_ms if target.metric == "latency" else whole) if target.fraction else floor  # type: ignore[operator]
         unit = "" if target.fraction else (" ms" if target.metric == "latency" else "")
         raise UserError(f"target {target} cannot be reached: pruning every prunable group to its minimum gives "
                         f"{target.metric} {reach:.4g}{unit}; raise the target, lower min_channels or round_to")
@@ -585,7 +590,9 @@ def _plan_row(g: ChannelGroup, kept_units: int, why: str) -> GroupPlan:
 def describe_result(result: PruneResult) -> list[str]:
     """Lines for a console: totals, then one line per group that was cut or left whole for a reason."""
     lines = [f"MACs {result.macs_before:,} -> {result.macs_after:,} ({result.macs_ratio:.1%}); "
-             f"params {result.params_before:,} -> {result.params_after:,} ({result.params_ratio:.1%})"]
+             f"params {result.params_before:,} -> {result.params_after:,} ({result.params_ratio:.1%})"
+             + (f"; measured latency {result.latency_before_ms:.3f} -> {result.latency_after_ms:.3f} ms"
+                if result.latency_before_ms is not None and result.latency_after_ms is not None else "")]
     for gp in result.groups:
         name = gp.producers[0] if gp.producers else "(input)"
         more = f" +{len(gp.producers) - 1}" if len(gp.producers) > 1 else ""

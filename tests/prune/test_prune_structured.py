@@ -239,7 +239,8 @@ def test_latency_target_uses_the_given_measurement() -> None:
         return analyze(m, (1, 28, 28)).total_macs / 1e7
 
     result = prune_(model, PruneConfig(target="latency=0.6"), input_shape=(1, 28, 28), latency_fn=fake_ms)
-    assert result.achieved <= 0.6 * 31_021_952 / 1e7 and len(calls) >= 5
+    assert result.achieved <= 0.6 and result.latency_after_ms <= 0.6 * result.latency_before_ms and len(calls) >= 5
+    assert result.latency_before_ms == pytest.approx(31_021_952 / 1e7)
     with pytest.raises(UserError, match="needs a latency measurement"):
         prune_(model, PruneConfig(target="latency=0.5"), input_shape=(1, 28, 28))
 
