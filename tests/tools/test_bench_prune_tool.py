@@ -57,9 +57,12 @@ def test_bench_prune_demo_quick(tmp_path, capsys):
         acc = v["accuracy"]
         assert 0 <= acc["test_top1_pruned"] <= 1 and 0 <= acc["test_top1_finetuned"] <= 1
         assert acc["dense_test_top1"] > 0.85  # the bundled demo model is trained
-    # Rounded to multiples of 8 by both pruners that round; Torch-Pruning's plain call does not.
-    assert variants["ours"]["convs_out_not_multiple"] == 0
-    assert variants["tp_rounded"]["convs_out_not_multiple"] == 0
+    # Both pruners that round leave no more odd widths than the dense model has (the demo's
+    # 8-channel layers cannot become multiples of 16); Torch-Pruning's plain call leaves many.
+    dense_odd = variants["dense"]["convs_out_not_multiple"]
+    assert variants["ours"]["convs_out_not_multiple"] <= dense_odd
+    assert variants["tp_rounded"]["convs_out_not_multiple"] <= dense_odd
+    assert variants["tp"]["convs_out_not_multiple"] > dense_odd
 
     for name, v in variants.items():
         for fmt in ("onnx", "tflite"):
