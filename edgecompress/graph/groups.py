@@ -23,6 +23,12 @@ right by construction. Then three constraints turn moved data into ties:
 - splitting a channel dimension into two (the view of a channel shuffle, a chunk) ties
   the atoms that share an inner index, so the pruned tensor still splits the same way.
 
+Models torch.fx cannot trace (Python control flow on shapes, calls fx cannot proxy) are
+captured with torch.export instead, for the same input shape. Its ATen graph is brought to
+the vocabulary above: a conv2d/linear/batch_norm/layer_norm call on a module's own parameters, with
+that module's settings, becomes a call of the module; every other ATen op is looked up
+under the torch function it stands for (aten.add.Tensor is an add, aten.view a move).
+
 Refusal over guessing: any op or module this file does not know, a parameter used
 directly in forward, slicing a channel range with fixed bounds, and the network's input
 and output make the atoms they touch not prunable, with the reason and the node name.
@@ -31,6 +37,7 @@ and output make the atoms they touch not prunable, with the reason and the node 
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +59,7 @@ _POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMa
 _PASS_FUNCS = {
     torch.relu, torch.sigmoid, torch.tanh, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
     nn.functional.hardsigmoid, nn.functional.silu, nn.functional.gelu, nn.functional.dropout,
-    nn.functional.hardtanh, nn.functional.sigmoid,
+    nn.functional.hardtanh, nn.functional.sigmoid, torch.clone,
 }
 _POOL_FUNCS = {nn.functional.adaptive_avg_pool2d, nn.functional.max_pool2d, nn.functional.avg_pool2d,
                nn.functional.adaptive_max_pool2d}
@@ -70,6 +77,33 @@ _MOVE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permut
                  "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "narrow", "t"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
+
+aten = torch.ops.aten
+F = nn.functional
+# ATen ops of a torch.export graph, under the torch function the tables above know them by.
+# The node keeps its ATen target: that is what runs (on real tensors and, for moves, on ids).
+_ATEN = {
+    aten.relu.default: torch.relu, aten.relu_.default: torch.relu, aten.sigmoid.default: torch.sigmoid,
+    aten.tanh.default: torch.tanh, aten.hardtanh.default: F.hardtanh, aten.hardtanh_.default: F.hardtanh,
+    aten.hardswish.default: F.hardswish, aten.hardswish_.default: F.hardswish,
+    aten.hardsigmoid.default: F.hardsigmoid, aten.silu.default: F.silu, aten.silu_.default: F.silu,
+    aten.gelu.default: F.gelu, aten.dropout.default: F.dropout, aten.dropout_.default: F.dropout, aten.clone.default: torch.clone,
+    aten.contiguous.default: torch.clone, aten.alias.default: torch.clone,
+    aten.add.Tensor: operator.add, aten.add_.Tensor: operator.add, aten.sub.Tensor: operator.sub,
+    aten.mul.Tensor: operator.mul, aten.mul_.Tensor: operator.mul, aten.div.Tensor: operator.truediv,
+    aten.mean.dim: torch.mean, aten.sum.dim_IntList: torch.sum, aten.amax.default: torch.amax,
+    aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d, aten.max_pool2d.default: F.max_pool2d,
+    aten.avg_pool2d.default: F.avg_pool2d, aten.layer_norm.default: F.layer_norm,
+    aten.view.default: torch.reshape, aten.reshape.default: torch.reshape, aten._unsafe_view.default: torch.reshape,
+    aten.flatten.using_ints: torch.flatten, aten.unflatten.int: torch.reshape,
+    aten.transpose.int: torch.transpose, aten.permute.default: torch.permute, aten.t.default: torch.transpose,
+    aten.cat.default: torch.cat, aten.chunk.default: torch.chunk, aten.split.Tensor: torch.split,
+    aten.split_with_sizes.default: torch.split, aten.squeeze.dim: torch.squeeze, aten.squeeze.dims: torch.squeeze,
+    aten.unsqueeze.default: torch.unsqueeze, aten.expand.default: torch.reshape, aten.repeat.default: torch.reshape,
+    aten.slice.Tensor: torch.narrow, aten.select.int: torch.narrow, aten.narrow.default: torch.narrow,
+}
+# ATen ops that take a fixed part of one dim: (index of the dim argument, its default).
+_ATEN_SLICES = {aten.slice.Tensor: (1, 0), aten.select.int: (1, None), aten.narrow.default: (1, None)}
 
 KINDS = ("out", "in", "norm", "depthwise", "group_in", "group_out", "param")
 
@@ -281,7 +315,7 @@ class _Tracker(fx.Interpreter):
             return None  # a constant made in forward (torch.zeros, arange): no atoms
         if n.op == "call_module":
             return self._module(n, self.modules[n.target], result)
-        fn, is_method = n.target, n.op == "call_method"
+        fn, is_method = _ATEN.get(n.target, n.target) if n.op == "call_function" else n.target, n.op == "call_method"
         x = self.ids.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
         if (is_method and fn in _PASS_METHODS) or (not is_method and (fn in _PASS_FUNCS or _label(n) in _PASS_NAMES)):
             return x if isinstance(x, torch.Tensor) and x.shape == result.shape else self._opaque(n, result, f"{_label(n)} ({n.name}) changes shape")
@@ -459,6 +493,12 @@ class _Tracker(fx.Interpreter):
         label = f"{_label(n)} ({n.name})"
         if n.op == "call_function" and n.target is operator.getitem and src is not None:
             self._check_slice(src, n.args[1], label)
+        if n.target in _ATEN_SLICES and src is not None and isinstance(out, torch.Tensor):
+            at, default = _ATEN_SLICES[n.target]
+            dim = (args[at] if len(args) > at else kwargs.get("dim", default)) % src.dim()
+            if (out.dim() < src.dim() or out.shape[dim] != src.shape[dim]) and _varies(src, dim):
+                self.atoms.refuse(src, f"{label} takes a fixed range of a channel dimension")
+            return out
         if isinstance(out, (tuple, list)) and src is not None and len(out) > 1:
             self._tie_pieces(n, src, out, label)
         elif isinstance(out, torch.Tensor) and src is not None and out.dim() > src.dim():
@@ -559,20 +599,26 @@ def _along(values: torch.Tensor | list[int], dim: int, shape: torch.Size) -> tor
     return v.view(view).expand(shape)
 
 
-def build_groups(model: nn.Module, input_shape: tuple[int, int, int]) -> list[ChannelGroup]:
+TRACERS = ("auto", "fx", "export")
+
+
+def build_groups(model: nn.Module, input_shape: tuple[int, int, int], tracer: str = "auto") -> list[ChannelGroup]:
     """Dependency groups of `model` for one input of shape `input_shape` (C, H, W), in graph order.
 
-    Raises UserError if the model does not trace with torch.fx or fails on the input.
+    `tracer`: "fx" (torch.fx symbolic trace), "export" (torch.export for this input shape) or
+    "auto" (fx, and torch.export where fx fails). Raises UserError if the model cannot be
+    captured or fails on the input.
     """
     if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
         raise UserError(f"input_shape must be three positive ints (C, H, W), got {input_shape!r}")
-    gm = trace(model)
-    modes = {m: m.training for m in gm.modules()}  # restored one by one: frozen BNs stay frozen
-    gm.eval()
-    tracker = _Tracker(gm, model)
+    modes = {m: m.training for m in model.modules()}  # restored one by one: frozen BNs stay frozen
+    model.eval()
+    x = torch.zeros(1, *input_shape)
     try:
+        gm = trace(model, x, tracer)
+        tracker = _Tracker(gm, model)
         with torch.no_grad():
-            tracker.run(torch.zeros(1, *input_shape))
+            tracker.run(x)
     except UserError:
         raise
     except Exception as exc:
@@ -585,14 +631,102 @@ def build_groups(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Ch
     return _collect(tracker)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """torch.fx trace of `model`, or a UserError saying why it cannot be traced."""
+def trace(model: nn.Module, example: torch.Tensor, tracer: str = "auto") -> fx.GraphModule:
+    """A graph of `model` in torch.fx form: fx's symbolic trace, or torch.export's graph for
+    `example` where fx fails (tracer="auto"). UserError naming both failures otherwise."""
+    if tracer not in TRACERS:
+        raise UserError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")
+    fx_error = None
+    if tracer in ("auto", "fx"):
+        try:
+            return fx.symbolic_trace(model)
+        except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+            fx_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if tracer == "fx":
+                raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({fx_error}); "
+                                "channel groups need a traceable model") from exc
     try:
-        return fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        gm = _exported(model, example)
+    except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({first}); "
-                        "channel groups need a traceable model (no data-dependent control flow)") from exc
+        why = f"torch.fx: {fx_error}; torch.export: {first}" if fx_error else f"torch.export: {first}"
+        raise UserError(f"cannot trace {type(model).__name__} ({why}); channel groups need a model "
+                        "that torch.fx or torch.export can capture (no data-dependent control flow)") from exc
+    if fx_error:
+        warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({fx_error}); channel groups come from "
+                      f"torch.export's graph for input shape {tuple(example.shape[1:])}", stacklevel=3)
+    return gm
+
+
+def _exported(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """torch.export's graph of `model` with layer calls turned back into module calls."""
+    with torch.no_grad():
+        exported = torch.export.export(model, (example,), strict=False).module()
+    graph = exported.graph
+    modules = dict(model.named_modules())
+    for node in list(graph.nodes):
+        if node.op == "call_module" and not node.users:  # torch.export's input guards
+            graph.erase_node(node)
+        elif node.op == "call_function":
+            owner = _layer_owner(node, modules)
+            if owner is not None:
+                with graph.inserting_before(node):
+                    call = graph.call_module(owner, (node.args[0],))
+                node.replace_all_uses_with(call)
+                graph.erase_node(node)
+    graph.eliminate_dead_code()  # the layers' weights, no longer read
+    copy = fx.Graph()
+    copy.output(copy.graph_copy(graph, {}))
+    # Modules are the model's own; tensors come from the export (it adds constants it lifted).
+    root = {n.target: modules[n.target] if n.op == "call_module" else _fetch(exported, n.target)
+            for n in copy.nodes if n.op in ("call_module", "get_attr")}
+    return fx.GraphModule(root, copy)
+
+
+def _fetch(module: nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _layer_owner(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The module an ATen conv2d/linear/batch_norm/layer_norm call belongs to, if it is exactly that module's
+    forward (its own parameters, its settings); None leaves the call functional (and refused)."""
+    def owner_of(arg: Any) -> str | None:
+        return arg.target.rpartition(".")[0] if isinstance(arg, fx.Node) and arg.op == "get_attr" else None
+
+    args = list(node.args)
+    if node.target is aten.conv2d.default and len(args) >= 2:
+        name = owner_of(args[1])
+        mod = modules.get(name or "")
+        want = [mod.stride, mod.padding, mod.dilation, mod.groups] if _plain(mod, nn.Conv2d) else None
+        defaults = [(1, 1), (0, 0), (1, 1), 1]  # stride, padding, dilation, groups
+        got = [args[i] if i < len(args) else defaults[i - 3] for i in range(3, 7)]
+        if want and not isinstance(mod.padding, str) and mod.padding_mode == "zeros" and \
+                [tuple(v) if isinstance(v, (list, tuple)) else v for v in got] == want and \
+                (len(args) > 2 and owner_of(args[2]) == name or mod.bias is None):
+            return name
+    elif node.target is aten.linear.default and len(args) >= 2:
+        name = owner_of(args[1])
+        mod = modules.get(name or "")
+        if _plain(mod, nn.Linear) and (len(args) > 2 and owner_of(args[2]) == name or mod.bias is None):
+            return name
+    elif node.target is aten.batch_norm.default and len(args) >= 8:
+        name = owner_of(args[3])  # running_mean: present with or without affine weights
+        mod = modules.get(name or "")
+        if (_plain(mod, nn.BatchNorm1d) or _plain(mod, nn.BatchNorm2d)) and args[5] is False:
+            return name
+    elif node.target is aten.layer_norm.default and len(args) >= 3:
+        name = owner_of(args[2])
+        mod = modules.get(name or "")
+        if _plain(mod, nn.LayerNorm) and tuple(args[1]) == tuple(mod.normalized_shape):
+            return name
+    return None
+
+
+def _plain(mod: nn.Module | None, kind: type) -> bool:
+    """`mod` is a `kind` whose forward is kind's own (a subclass that adds computation is not)."""
+    return isinstance(mod, kind) and type(mod).forward is kind.forward
 
 
 def _collect(t: _Tracker) -> list[ChannelGroup]:

@@ -253,3 +253,80 @@ def test_group_validation() -> None:
         ChannelGroup(2, ((0,),), (member,), prunable=True)
     with pytest.raises(ValueError, match="kind"):
         Member("conv", "weights", (0,), (0,))
+
+
+def _prunable(groups: list[ChannelGroup]) -> list[tuple]:
+    return sorted((g.producers, g.channels, g.units, tuple(sorted((m.name, m.kind, m.positions) for m in g.members)))
+                  for g in groups if g.prunable)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet20", {}), ("mobilenet_v2", {"width_mult": 0.5}), ("shufflenet_v2", {"width_mult": 0.5}),
+    ("squeezenet", {}), ("shufflenet_v1", {}),
+])
+def test_torch_export_graph_gives_the_same_groups_as_fx(name: str, kwargs: dict) -> None:
+    model = create_model(name, num_classes=10, in_channels=1, input_size=28, **kwargs)
+    fx_groups = build_groups(model, (1, 28, 28), tracer="fx")
+    export_groups = build_groups(model, (1, 28, 28), tracer="export")
+    assert _prunable(export_groups) == _prunable(fx_groups)
+    assert len(export_groups) == len(fx_groups)
+
+
+class _ShapeBranch(nn.Module):
+    """Python control flow on a shape: torch.fx cannot trace it, torch.export specialises it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 8:
+            x = nn.functional.avg_pool2d(x, 2)
+        y = torch.relu(self.bn(self.a(x)))
+        y = y + self.b(y)
+        return self.fc(self.norm(y.mean((2, 3))))
+
+
+def test_fx_failure_falls_back_to_torch_export_and_says_so() -> None:
+    with pytest.raises(UserError, match="cannot trace _ShapeBranch with torch.fx"):
+        build_groups(_ShapeBranch(), (1, 16, 16), tracer="fx")
+    with pytest.warns(UserWarning, match="torch.fx cannot trace _ShapeBranch .*torch.export's graph for input shape \\(1, 16, 16\\)"):
+        groups = build_groups(_ShapeBranch(), (1, 16, 16))
+    (group,) = [g for g in groups if g.prunable]
+    assert set(group.producers) == {"a", "b"}  # the residual add ties a and b
+    assert {(m.name, m.kind) for m in group.members} == {
+        ("a", "out"), ("bn", "norm"), ("b", "in"), ("b", "out"), ("norm", "norm"), ("fc", "in")}
+    with pytest.raises(UserError, match="tracer must be one of"):
+        build_groups(_ShapeBranch(), (1, 16, 16), tracer="jit")
+
+
+class _ScaledConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.weight * 2, self.bias, self.stride, self.padding)
+
+
+class _OwnConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3)
+        self.b = _ScaledConv(8, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(self.a(x)))
+
+
+def test_torch_export_leaves_a_conv_with_its_own_forward_refused() -> None:
+    """Only an exact nn.Conv2d call on its own weights becomes the module again; the rest is refused."""
+    groups = build_groups(_OwnConv(), (1, 8, 8), tracer="export")
+    by_producer = {p: g for g in groups for p in g.producers}
+    assert not by_producer["a"].prunable and "conv2d" in by_producer["a"].reason
+    fx_groups = build_groups(_OwnConv(), (1, 8, 8), tracer="fx")  # fx traces into b's forward: the same refusal
+    def layers(gs: list[ChannelGroup]) -> list[tuple]:
+        return sorted((g.producers, g.prunable) for g in gs if g.producers)
+
+    assert layers(fx_groups) == layers(groups) == [(("a",), False), (("c",), False)]

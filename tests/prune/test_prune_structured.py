@@ -154,6 +154,37 @@ def test_torchvision_zero_equivalence(name: str) -> None:
     assert out["result"].macs_ratio < 0.9
 
 
+class _Resizing(nn.Module):
+    """Shape-dependent Python control flow (torch.fx fails, torch.export works) around add, chunk and SE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 16, 1))
+        self.se = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1), nn.Sigmoid())
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 16:
+            x = nn.functional.interpolate(x, size=(16, 16), mode="bilinear")
+        s = self.stem(x)
+        s = s + self.body(s)
+        a, b = s.chunk(2, dim=1)
+        s = torch.cat([a, b * self.se(b.mean((2, 3), keepdim=True))], dim=1)
+        return self.fc(s.mean((2, 3)))
+
+
+def test_untraceable_by_fx_prunes_through_torch_export() -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(_Resizing())
+    with pytest.warns(UserWarning, match="torch.fx cannot trace _Resizing"):
+        out = _check_zero_equivalence(model, (3, 24, 24))
+    pruned = out["pruned"]
+    assert pruned.body[0].out_channels == 16 and pruned.se[0].out_channels == 2
+    assert pruned.stem[0].out_channels == 8 and pruned.fc.in_features == 8  # chunk halves stay equal
+    assert pruned.se[2].out_channels == 4
+
+
 def test_target_macs_met_and_widths_rounded() -> None:
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", num_classes=10, in_channels=1, input_size=28, width_mult=0.5)
