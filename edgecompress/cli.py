@@ -180,12 +180,14 @@ def export(model, arch, trust_model_file, input_size, num_classes, formats, out,
 @click.option("--warmup", default=10, show_default=True, help="Untimed warm-up runs per trial.")
 @click.option("--trials", default=3, show_default=True, help="Trials, each in a fresh process.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench(artifact: Path, device_spec: str, threads: str, runs: int, warmup: int, trials: int, as_json: bool) -> None:
+@click.option("--adb", "adb", default=None, help="adb executable for adb:SERIAL devices [default: $ADB, else PATH].")
+def bench(artifact: Path, device_spec: str, threads: str, runs: int, warmup: int, trials: int, as_json: bool,
+          adb: str | None) -> None:
     """Measure p50/p90 latency of an .onnx or .tflite file on a device."""
     thread_list = _parse_threads(threads)
     from edgecompress.devices import get_device
 
-    device = get_device(device_spec)
+    device = get_device(device_spec, adb=adb)
     results = [device.measure(artifact, threads=t, runs=runs, warmup=warmup, trials=trials) for t in thread_list]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
@@ -204,19 +206,57 @@ def bench(artifact: Path, device_spec: str, threads: str, runs: int, warmup: int
     Console().print(table)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the device list with fingerprints as JSON.")
-def devices(as_json: bool) -> None:
-    """List the devices latency can be measured on."""
-    from edgecompress.devices import list_devices
+@click.option("--adb", "adb", default=None, help="adb executable [default: $ADB, else adb on PATH].")
+@click.pass_context
+def devices(ctx: click.Context, as_json: bool, adb: str | None) -> None:
+    """List the host, every phone adb sees (state, fingerprint) and the device profiles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgecompress.devices import list_devices, list_profiles
 
-    found = list_devices()
+    found = list_devices(adb)
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        click.echo(json.dumps({"devices": found, "profiles": list_profiles()}, indent=2))
         return
     for d in found:
         fp = d.get("fingerprint", {})
-        click.echo(f"{d['name']:10s} {fp.get('cpu_model', '?')}  ({fp.get('logical_cores', '?')} cores, id {fp.get('id', '?')})")
+        if d["kind"] == "host":
+            what = f"{fp.get('cpu_model', '?')} ({fp.get('logical_cores', '?')} cores)"
+        else:
+            what = (f"{fp.get('manufacturer', '')} {fp.get('model') or d.get('model', '')} {fp.get('soc', '')} "
+                    f"{fp.get('abi', '')} Android {fp.get('android', '?')}, big cores {fp.get('big_core_mask', '?')}, "
+                    f"runtimes: {', '.join(d.get('runtimes', [])) or 'none (run devices setup)'}" if fp else "")
+        ident = f"  id {fp['id']}" if "id" in fp else ""
+        click.echo(f"{d['name']:24s} {d['state']:13s} {what.strip()}{ident}")
+        if d.get("note"):
+            click.echo(f"{'':24s} note: {d['note']}")
+    click.echo(f"profiles: {', '.join(list_profiles()) or 'none'}")
+
+
+@devices.command("setup")
+@click.argument("device_spec")
+@click.option("--benchmark-model", "benchmark_model", type=click.Path(path_type=Path), default=None,
+              help="LiteRT benchmark_model built for the phone (android_bench/README.md).")
+@click.option("--ort-perf-test", "ort_perf_test", type=click.Path(path_type=Path), default=None,
+              help="onnxruntime_perf_test built for the phone (android_bench/README.md).")
+@click.option("--adb", "adb", default=None, help="adb executable [default: $ADB, else adb on PATH].")
+def devices_setup(device_spec: str, benchmark_model: Path | None, ort_perf_test: Path | None, adb: str | None) -> None:
+    """Push the runner and the benchmark binaries to a phone and check that they start."""
+    from edgecompress.devices import get_device
+    from edgecompress.errors import UserError
+
+    device = get_device(device_spec, adb=adb)
+    if not hasattr(device, "setup"):
+        raise UserError(f"device {device_spec!r} is not a phone; setup pushes binaries to adb devices only")
+    if benchmark_model is None and ort_perf_test is None:
+        raise UserError("pass --benchmark-model PATH and/or --ort-perf-test PATH (android_bench/README.md says "
+                        "where to get them)")
+    installed = device.setup(benchmark_model=benchmark_model, ort_perf_test=ort_perf_test)
+    for name, path in installed.items():
+        click.echo(f"{name:24s} {path}")
+    click.echo(f"{device.name}: runtimes ready: {', '.join(device.runtimes())}")
 
 
 @cli.command()

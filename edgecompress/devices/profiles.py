@@ -35,6 +35,10 @@ class DeviceProfile:
     cpu_mask: str | None = None  # hex taskset mask of the big cores, e.g. "f0"
     cooldown_s: float = 0.0  # pause between trials (s), lets a phone's clocks recover
     round_to: int | str = 8  # channel multiple its runtimes are fast at, or "auto" (host: from the CPU's vector width)
+    serial: str | None = None  # adb serial of this phone; None = the one phone attached
+    rounds: int = 5  # benchmark_model invocations per trial (p50/p90 are over their means)
+    thermal_limit_c: float = 45.0  # wait before a trial until the hottest CPU zone is below this
+    max_cooldown_s: float = 120.0  # ... but no longer than this
     binaries: dict = field(default_factory=dict)  # runtime -> benchmark binary path on the device
     flags: dict = field(default_factory=dict)  # runtime -> list of extra known-good flags
     path: str = ""  # file it was loaded from
@@ -56,6 +60,14 @@ class DeviceProfile:
         if self.round_to != "auto" and (not isinstance(self.round_to, int) or isinstance(self.round_to, bool)
                                         or self.round_to < 1):
             raise ValueError(f"round_to must be an integer >= 1 (channels) or auto, got {self.round_to!r}")
+        if not _is_int(self.rounds) or self.rounds < 1:
+            raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
+        for name in ("thermal_limit_c", "max_cooldown_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.connection == "adb" and self.abi is not None and self.abi not in ("arm64-v8a", "x86_64"):
+            raise ValueError(f"abi must be arm64-v8a or x86_64 (64-bit) for an adb phone, got {self.abi!r}")
         if not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
             raise ValueError(f"cooldown_s must be a number >= 0 s, got {self.cooldown_s!r}")
         if self.cpu_mask is not None:
