@@ -181,13 +181,17 @@ def export(model, arch, trust_model_file, input_size, num_classes, formats, out,
 @click.option("--trials", default=3, show_default=True, help="Trials, each in a fresh process.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--adb", "adb", default=None, help="adb executable for adb:SERIAL devices [default: $ADB, else PATH].")
+@click.option("--no-cache", is_flag=True, help="Measure again and do not store the result in the latency cache.")
 def bench(artifact: Path, device_spec: str, threads: str, runs: int, warmup: int, trials: int, as_json: bool,
-          adb: str | None) -> None:
-    """Measure p50/p90 latency of an .onnx or .tflite file on a device."""
+          adb: str | None, no_cache: bool) -> None:
+    """Measure p50/p90 latency of an .onnx or .tflite file on a device (results are cached by
+    artifact hash, device fingerprint, runtime version and settings; --no-cache measures again)."""
     thread_list = _parse_threads(threads)
     from edgecompress.devices import get_device
+    from edgecompress.latency.cache import CachedDevice, LatencyCache
 
     device = get_device(device_spec, adb=adb)
+    device = CachedDevice(device, LatencyCache() if not no_cache else None, enabled=not no_cache)
     results = [device.measure(artifact, threads=t, runs=runs, warmup=warmup, trials=trials) for t in thread_list]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
@@ -196,14 +200,18 @@ def bench(artifact: Path, device_spec: str, threads: str, runs: int, warmup: int
     from rich.table import Table
 
     table = Table(title=f"{artifact.name} on {device.name}")
-    for col in ("runtime", "threads", "p50 ms", "p90 ms", "mean ms", "std ms", "runs"):
+    for col in ("runtime", "threads", "p50 ms", "p90 ms", "mean ms", "std ms", "runs", "cache"):
         table.add_column(col, justify="right" if col != "runtime" else "left")
     for r in results:
         table.add_row(
             f"{r.runtime} {r.runtime_version}", str(r.threads), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}",
-            f"{r.mean_ms:.3f}", f"{r.std_ms:.3f}", str(r.runs),
+            f"{r.mean_ms:.3f}", f"{r.std_ms:.3f}", str(r.runs), str(r.runtime_info.get("cache", "")),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    notes = {r.runtime_info["percentiles_over"] for r in results if "percentiles_over" in r.runtime_info}
+    for note in sorted(notes):
+        console.print(f"p50/p90 over {note}")
 
 
 @cli.group(invoke_without_command=True)
@@ -316,6 +324,11 @@ def compress(model, arch, trust_model_file, input_size, num_classes, recipe_path
     get_device(device_spec)  # an unknown device fails before the model is loaded
     loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
     run_compress(loaded, recipe, device=device_spec, out=out, data_dir=data_dir, input_shape=shape, force=force)
+
+
+from edgecompress.latency.cache_cli import cache  # noqa: E402  (light: sqlite3, click)
+
+cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -298,6 +298,11 @@ class AdbDevice:
             raise AdbError(f"{self.name} reports ABI {abi!r}; the benchmark binaries are built for "
                            f"{' or '.join(SUPPORTED_ABIS)} (64-bit) — a 32-bit phone is not supported")
 
+    def measure_flags(self) -> dict:
+        """Settings that change timings but are not in the fingerprint (part of the latency cache key)."""
+        return {"cpu_mask": self._mask(), "rounds": self.rounds, "flags": self.flags,
+                "thermal_limit_c": self.thermal_limit_c}
+
     def runtimes(self) -> list[str]:
         """Runtimes whose benchmark program is installed on the phone (`devices setup`)."""
         return sorted(self.fingerprint()["runtimes"])
