@@ -117,15 +117,16 @@ class AdbClient:
     def _checked(self, proc: subprocess.CompletedProcess, what: str) -> None:
         if proc.returncode == 0:
             return
-        message = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
+        text = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
+        message = text.splitlines()[0]
         if "not found" in message and "device" in message:
             raise AdbError(f"device {self.serial!r} is not attached ({message}); `edgecompress devices` lists the "
                            "phones adb sees")
-        if "unauthorized" in message:
+        if "unauthorized" in text:
             raise AdbError(f"device {self.serial!r} is unauthorized: unlock the phone and accept the "
                            "'Allow USB debugging' prompt for this computer, then retry")
         cls = TransientAdbError if _TRANSIENT.search(message) else AdbError
-        raise cls(f"adb {what} on {self.serial or 'the device'} failed: {message}")
+        raise cls(f"adb {what} on {self.serial or 'the device'} failed (exit {proc.returncode}): {message}")
 
     def _retrying(self, fn, what: str):
         for attempt in range(self.retries + 1):
@@ -145,7 +146,7 @@ class AdbClient:
         shell protocol v2 too. Output without the marker (a dropped link) is retried,
         then an AdbError.
         """
-        wrapped = f"( {command} ) 2>&1; echo; echo {END_MARK} $?"
+        wrapped = f"( {command} ) 2>&1; ec=$?; echo; echo {END_MARK} $ec"
 
         def once() -> tuple[int, str]:
             proc = self.run(["shell", wrapped], timeout_s)
