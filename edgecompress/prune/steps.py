@@ -116,10 +116,14 @@ def prune_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn
         accumulate_gradients(model, loader, batches=int(params.get("taylor_batches", 8)))
     latency_fn = None
     if config.target and config.target.startswith("latency"):
+        from edgecompress.latency.cache import CachedDevice, LatencyCache
         from edgecompress.latency.source import measured_latency_fn
 
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        latency_fn = measured_latency_fn(ctx.device, ctx.input_shape, runtime=params.get("latency_runtime", "onnxruntime"),
+        # Candidates are measured through the latency cache: a re-run (or a resumed run)
+        # measures only the widths it has not seen on this device.
+        device = ctx.device if isinstance(ctx.device, CachedDevice) else CachedDevice(ctx.device, LatencyCache())
+        latency_fn = measured_latency_fn(device, ctx.input_shape, runtime=params.get("latency_runtime", "onnxruntime"),
                                          work_dir=ctx.work_dir)
     result = prune_(model, config, input_shape=tuple(ctx.input_shape), latency_fn=latency_fn)
     model.zero_grad(set_to_none=True)
