@@ -327,8 +327,10 @@ def compress(model, arch, trust_model_file, input_size, num_classes, recipe_path
 
 
 from edgecompress.latency.cache_cli import cache  # noqa: E402  (light: sqlite3, click)
+from edgecompress.latency.profile_cli import profile  # noqa: E402  (light: click)
 
 cli.add_command(cache)
+cli.add_command(profile)
 
 
 def main(argv: list[str] | None = None) -> int:

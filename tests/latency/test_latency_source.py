@@ -107,3 +107,12 @@ def test_source_errors_name_what_is_missing(tmp_path) -> None:
     other = _lut({"id": "ffff00000000", "cpu_model": "Elsewhere CPU"})
     with pytest.raises(UserError, match="ffff00000000.*Elsewhere CPU"):
         LutLatency(other, device=get_device("host"))
+
+
+def test_measured_latency_through_the_cache_measures_once(tmp_path) -> None:
+    source = MeasuredLatency(get_device("host"), runs=5, warmup=1, cache=tmp_path / "latency.sqlite")
+    model = _tiny()
+    first = source.latency_ms(model, SHAPE)
+    assert source.last_result.runtime_info["cache"] == "miss"
+    again = source.latency_ms(model, SHAPE)  # the same weights export to the same bytes
+    assert source.last_result.runtime_info["cache"] == "hit" and again == first
