@@ -307,6 +307,39 @@ def prune(model, arch, trust_model_file, input_size, num_classes, target, ratio,
 @cli.command()
 @click.argument("model")
 @model_options
+@click.option("--strategy", default="amc", show_default=True, help="amc, evolution, random or uniform.")
+@click.option("--target", required=True, help="Budget: latency=0.5 (of the original) or latency=3ms, macs=0.5, params=1.2M.")
+@click.option("--episodes", default=100, show_default=True, type=int, help="Candidates evaluated (the same budget for every strategy).")
+@click.option("--reward", default="error", show_default=True, help="error (hard budget), error_log_macs or mnasnet (soft).")
+@click.option("--device", "device_spec", default="host", show_default=True, help="Where latency is measured: host, adb:SERIAL or a profile.")
+@click.option("--runtime", default="litert", show_default=True, help="litert or onnxruntime: what latency is measured with.")
+@click.option("--threads", default=1, show_default=True, type=int, help="Threads for the latency measurements.")
+@click.option("--latency", "latency_kind", default="measured", show_default=True, help="measured, predictor or macs.")
+@click.option("--predictor", default=None, type=click.Path(path_type=Path), help="predictor.json for --latency predictor.")
+@click.option("--val-samples", default=2000, show_default=True, type=int, help="Validation images per candidate.")
+@click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Dataset folder (else $EDGECOMPRESS_DATA or the Debian package's).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Search directory (checkpoint, log, best policy, plot).")
+@click.option("--resume", is_flag=True, help="Continue the search saved in --out.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def search(model, arch, trust_model_file, input_size, num_classes, strategy, target, episodes, reward, device_spec,
+           runtime, threads, latency_kind, predictor, val_samples, data_dir, seed, out, resume, force) -> None:
+    """Search how much to prune each layer of MODEL (AMC or a baseline), with latency measured on the device."""
+    from edgecompress.search.api import search_command
+
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
+    report = search_command(loaded, shape, strategy=strategy, target=target, episodes=episodes, out=out,
+                            device=device_spec, reward=reward, runtime=runtime, threads=threads, latency=latency_kind,
+                            predictor=predictor, val_samples=val_samples, data_dir=data_dir, seed=seed, resume=resume,
+                            force=force)
+    for line in report["summary"]:
+        click.echo(line)
+    click.echo(f"written: {out}/search.json, search_log.json, best_policy.json, search.png")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
 @click.option("--recipe", "recipe_path", required=True, type=click.Path(path_type=Path), help="Recipe YAML.")
 @click.option("--device", "device_spec", default="host", show_default=True, help="Where latency is measured.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
