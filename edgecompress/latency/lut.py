@@ -693,9 +693,16 @@ class LatencyLUT:
 
     def check_fingerprint(self, fingerprint: Mapping[str, Any], where: str = "the latency table") -> None:
         """UserError when `fingerprint` (a device's) has another id than the table's, naming both."""
-        if fingerprint.get("id") != self.fingerprint.get("id"):
-            raise UserError(f"{where} was profiled on {describe_fingerprint(self.fingerprint)}, not on this device "
-                            f"{describe_fingerprint(fingerprint)}; profile this device with `edgecompress profile`")
+        check_fingerprint(self.fingerprint, fingerprint, where)
+
+
+def check_fingerprint(built_on: Mapping[str, Any], fingerprint: Mapping[str, Any], where: str,
+                      device: str = "this device") -> None:
+    """UserError when a table or predictor (`where`) built on `built_on` is used with another
+    device (`fingerprint`, named `device`); the message shows both fingerprints."""
+    if fingerprint.get("id") != built_on.get("id"):
+        raise UserError(f"{where} was built on {describe_fingerprint(built_on)}, not on {device} "
+                        f"{describe_fingerprint(fingerprint)}; profile {device} with `edgecompress profile`")
 
 
 # --------------------------------------------------------------------------------------

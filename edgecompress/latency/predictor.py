@@ -48,7 +48,7 @@ from torch import nn
 
 from edgecompress.errors import UserError
 from edgecompress.fsutil import atomic_write_json
-from edgecompress.latency.lut import BlockSig, LatencyLUT, describe_fingerprint, nnls
+from edgecompress.latency.lut import BlockSig, LatencyLUT, nnls
 
 SCHEMA = "edgecompress.latency-predictor/1"
 #: correction modes, simplest first (see fit_correction)
@@ -596,10 +596,8 @@ class LatencyPredictor:
                             "(tools/bench_latency_predictor.py writes predictor.json)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{str(path)!r} is not a readable latency predictor ({exc})") from None
-        if fingerprint is not None and fingerprint.get("id") != predictor.lut.fingerprint.get("id"):
-            raise UserError(f"latency predictor {str(path)!r} was fitted on "
-                            f"{describe_fingerprint(predictor.lut.fingerprint)}, not on this device "
-                            f"{describe_fingerprint(fingerprint)}; profile and fit this device")
+        if fingerprint is not None:
+            predictor.lut.check_fingerprint(fingerprint, f"latency predictor {str(path)!r}")
         return predictor
 
 

@@ -92,12 +92,9 @@ class MeasuredLatency:
 def _check_device(fingerprint: Mapping[str, Any], device, what: str) -> None:
     if device is None:
         return
-    fp = device.fingerprint()
-    if fp.get("id") != fingerprint.get("id"):
-        from edgecompress.latency.lut import describe_fingerprint
+    from edgecompress.latency.lut import check_fingerprint
 
-        raise UserError(f"the {what} was built on {describe_fingerprint(fingerprint)}, not on {device.name} "
-                        f"{describe_fingerprint(fp)}; profile that device with `edgecompress profile`")
+    check_fingerprint(fingerprint, device.fingerprint(), f"the {what}", device.name)
 
 
 class LutLatency:
