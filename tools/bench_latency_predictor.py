@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import math
 import platform
@@ -87,13 +86,9 @@ def floats(text: str, what: str) -> list[float]:
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in VERSION_DISTS:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    from edgecompress.versions import installed_versions
+
+    return {"python": platform.python_version(), **installed_versions(VERSION_DISTS)}
 
 
 # -- the models ---------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import importlib.metadata
 import platform
 import shlex
 import sys
@@ -167,10 +166,9 @@ def versions(tp: Any) -> dict[str, str | None]:
 
 
 def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from edgecompress.versions import installed_version
+
+    return installed_version(dist)
 
 
 # ---------------------------------------------------------------- pruning

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import importlib.metadata
 import io
 import json
 import os
@@ -317,13 +316,9 @@ def run_pair(model: str, lib: str, formats: list[str], *, ratio: float, timeout:
 
 
 def versions() -> dict:
-    found = {}
-    for dist in VERSION_DISTS:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
+    from edgecompress.versions import installed_versions
+
+    return installed_versions(VERSION_DISTS)
 
 
 def environment(threads: int, timeout: float) -> dict:
@@ -581,9 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and args.force:
             raise UserError("--resume and --force contradict each other; pass one")
         if "tp" in libs:
-            try:
-                importlib.metadata.version("torch-pruning")
-            except importlib.metadata.PackageNotFoundError:
+            from edgecompress.versions import installed_version
+
+            if installed_version("torch-pruning") is None:
                 raise UserError("Torch-Pruning is not installed; pip install torch-pruning (or pass --libs ours)") from None
         settings = {"ratio": args.ratio, "formats": formats, "libs": libs, "timeout_s": args.timeout,
                     "threads": args.threads, "parity_samples": args.parity_samples}

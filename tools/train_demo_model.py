@@ -160,12 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+    from edgecompress.versions import installed_version
 
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
+    return installed_version(dist)
 
 
 if __name__ == "__main__":

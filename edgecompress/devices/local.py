@@ -9,7 +9,6 @@ model cannot take the caller down with it.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from edgecompress.devices.base import THREAD_ENV_VARS, LatencyResult, check_measure_args, resolve_runtime
 from edgecompress.errors import UserError
+from edgecompress.versions import installed_version
 from edgecompress.fsutil import sha256_file
 from edgecompress.latency.stats import percentile, summarize
 
@@ -108,12 +108,7 @@ def host_fingerprint() -> dict:
 
 def runtime_version(runtime: str) -> str | None:
     """Installed version of `runtime` ("onnxruntime" | "litert") or None, without importing it."""
-    for dist in RUNTIME_DISTRIBUTIONS[runtime]:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    return next((v for v in map(installed_version, RUNTIME_DISTRIBUTIONS[runtime]) if v is not None), None)
 
 
 def _tail(text: str, lines: int = 4, chars: int = 600) -> str:

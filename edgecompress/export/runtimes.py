@@ -15,7 +15,6 @@ The runtimes are imported inside the functions so that importing this module is 
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -140,13 +139,9 @@ def runtime_versions() -> dict[str, str | None]:
     """Installed versions of torch, onnx, onnxscript, onnxruntime, ai_edge_litert,
     litert_torch and tflite_runtime (None when absent), read from package metadata
     without importing the packages."""
-    versions: dict[str, str | None] = {}
-    for key, dist in _DISTRIBUTIONS.items():
-        try:
-            versions[key] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[key] = None
-    return versions
+    from edgecompress.versions import installed_version
+
+    return {key: installed_version(dist) for key, dist in _DISTRIBUTIONS.items()}
 
 
 def _tflite_interpreter_class():
