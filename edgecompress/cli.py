@@ -372,12 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         rv = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
     except UserError as e:
         click.echo(f"edgecompress: error: {e}", err=True)
-        return EXIT_USER_ERROR
+        return e.exit_code if e.exit_code != UserError.exit_code else EXIT_USER_ERROR
     except click.exceptions.Abort:
         click.echo("edgecompress: interrupted", err=True)
         return 130
     except KeyboardInterrupt:
-        click.echo("edgecompress: interrupted; outputs were not written (work in progress is discarded)", err=True)
+        click.echo("edgecompress: interrupted; no incomplete output was left behind "
+                   "(checkpoints are kept for resuming)", err=True)
         return 130
     except click.ClickException as e:
         e.show()

@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecompress.devices.base import LatencyResult, check_measure_args, resolve_runtime
+from edgecompress.devices.base import DeviceUnavailableError, LatencyResult, check_measure_args, resolve_runtime
 from edgecompress.devices.parsers import (
     BenchmarkModelRun, DeviceOutputError, OpTime, OrtPerfRun, parse_benchmark_model, parse_ort_perf_test, quote_output,
 )
@@ -71,6 +71,10 @@ class AdbError(UserError):
 
 class TransientAdbError(AdbError):
     """The link dropped or the phone was briefly offline: worth a retry."""
+
+
+class AdbDeviceGoneError(AdbError, DeviceUnavailableError):
+    """The phone is no longer attached, or stayed offline through every retry."""
 
 
 def find_adb(explicit: str | os.PathLike | None = None) -> str:
@@ -120,7 +124,7 @@ class AdbClient:
         text = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
         message = text.splitlines()[0]
         if "not found" in message and "device" in message:
-            raise AdbError(f"device {self.serial!r} is not attached ({message}); `edgecompress devices` lists the "
+            raise AdbDeviceGoneError(f"device {self.serial!r} is not attached ({message}); `edgecompress devices` lists the "
                            "phones adb sees")
         if "unauthorized" in text:
             raise AdbError(f"device {self.serial!r} is unauthorized: unlock the phone and accept the "
@@ -134,7 +138,7 @@ class AdbClient:
                 return fn()
             except TransientAdbError as exc:
                 if attempt == self.retries:
-                    raise AdbError(f"{exc} (gave up after {self.retries + 1} attempts; check the cable and "
+                    raise AdbDeviceGoneError(f"{exc} (gave up after {self.retries + 1} attempts; check the cable and "
                                    "`adb devices`)") from None
                 time.sleep(self.backoff_s * (2 ** attempt))
         raise AssertionError("unreachable")

@@ -23,6 +23,17 @@ RUNTIME_ALIASES = {"ort": "onnxruntime", "tflite": "litert"}
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+class DeviceUnavailableError(UserError):
+    """The device stopped answering (unplugged, offline, rebooting) in the middle of work.
+
+    Long jobs (a search, a sweep) catch this one to stop at their last checkpoint and say
+    how to continue once the device is back, instead of failing like bad input. The CLI
+    exits with 75 (EX_TEMPFAIL: try again later) rather than 2.
+    """
+
+    exit_code = 75
+
+
 @dataclass(frozen=True)
 class LatencyResult:
     """Latency of one artifact on one device at one thread count.

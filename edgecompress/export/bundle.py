@@ -52,10 +52,19 @@ def _latency(variant: dict, fmt: str, threads: int, field: str) -> float | None:
     return None
 
 
-def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, before, after, after/before) rows of the before/after table."""
-    before, after = report["variants"]["before"], report["variants"]["after"]
+def comparison_header(report: dict) -> list[str]:
+    """Column names of the comparison table: the variants (before, any baseline such as
+    uniform, after) and the ratios of after against each of the others."""
+    names = list(report["variants"])
+    return ["metric", *names, *(f"after vs {n}" for n in names if n != "after")]
 
+
+def comparison_rows(report: dict) -> list[tuple[str, ...]]:
+    """Rows of the comparison table, one cell per column of `comparison_header`."""
+    variants = report["variants"]
+    names = list(variants)
+    others = [n for n in names if n != "after"]
+    after = variants["after"]
     compressed = bool(report.get("steps_applied"))
 
     def ratio(b: float | None, a: float | None, invert: bool = False) -> str:
@@ -63,29 +72,41 @@ def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
             return ""
         return f"{(b / a if invert else a / b):.2f}x"
 
-    rows = [
-        ("top-1, PyTorch", _pct(before.get("accuracy")), _pct(after.get("accuracy")), ""),
-    ]
-    for fmt in sorted(set(before.get("artifacts", {})) | set(after.get("artifacts", {}))):
-        b, a = before["artifacts"].get(fmt, {}), after["artifacts"].get(fmt, {})
-        rows.append((f"top-1, {FORMAT_LABEL.get(fmt, fmt)} file", _pct(b.get("accuracy")), _pct(a.get("accuracy")), ""))
-    rows.append(("params", human(before["params"]), human(after["params"]), ratio(before["params"], after["params"])))
-    rows.append(("MACs", human(before["macs"]), human(after["macs"]), ratio(before["macs"], after["macs"])))
-    for fmt in sorted(before.get("artifacts", {})):
-        b, a = before["artifacts"][fmt], after["artifacts"].get(fmt, {})
-        rows.append((f"size, {FORMAT_LABEL.get(fmt, fmt)}", human(b.get("size_bytes"), "B"), human(a.get("size_bytes"), "B"),
-                     ratio(b.get("size_bytes"), a.get("size_bytes"))))
-        if b.get("gzip_bytes") and a.get("gzip_bytes"):  # what unstructured zeros buy: a smaller download
-            rows.append((f"gzip size, {FORMAT_LABEL.get(fmt, fmt)}", human(b["gzip_bytes"], "B"), human(a["gzip_bytes"], "B"),
-                         ratio(b["gzip_bytes"], a["gzip_bytes"])))
+    def row(label: str, get, show, invert: bool = False, suffix: str = "") -> tuple[str, ...]:
+        values = [get(variants[n]) for n in names]
+        ratios = [ratio(get(variants[n]), get(after), invert) for n in others]
+        return (label, *(show(v) for v in values), *(r + (suffix if r else "") for r in ratios))
+
+    def acc(v: dict | None) -> float | None:
+        return None if not v else v["top1"]
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.2f}%"
+
+    def no_ratio(r: tuple[str, ...]) -> tuple[str, ...]:
+        return (*r[:1 + len(names)], *([""] * len(others)))
+
+    rows = [no_ratio(row("top-1, PyTorch", lambda v: acc(v.get("accuracy")), pct))]
+    formats = sorted({fmt for v in variants.values() for fmt in v.get("artifacts", {})})
+    for fmt in formats:
+        rows.append(no_ratio(row(f"top-1, {FORMAT_LABEL.get(fmt, fmt)} file",
+                                 lambda v, f=fmt: acc(v.get("artifacts", {}).get(f, {}).get("accuracy")), pct)))
+    rows.append(row("params", lambda v: v.get("params"), human))
+    rows.append(row("MACs", lambda v: v.get("macs"), human))
+    for fmt in sorted(variants["before"].get("artifacts", {})):
+        label = FORMAT_LABEL.get(fmt, fmt)
+        rows.append(row(f"size, {label}", lambda v, f=fmt: v.get("artifacts", {}).get(f, {}).get("size_bytes"),
+                        lambda x: human(x, "B")))
+        gz = [variants[n].get("artifacts", {}).get(fmt, {}).get("gzip_bytes") for n in names]
+        if all(gz):  # what unstructured zeros buy: a smaller download
+            rows.append(row(f"gzip size, {label}", lambda v, f=fmt: v["artifacts"][f]["gzip_bytes"],
+                            lambda x: human(x, "B")))
     for fmt, runtime, threads in _latency_keys(report):
         for field, label in (("p50_ms", "p50"), ("p90_ms", "p90")):
-            b, a = _latency(before, fmt, threads, field), _latency(after, fmt, threads, field)
-            rows.append((
-                f"{label} ms, {RUNTIME_LABEL.get(runtime, runtime)} {threads}T",
-                "–" if b is None else f"{b:.3f}", "–" if a is None else f"{a:.3f}",
-                ratio(b, a, invert=True) + (" faster" if field == "p50_ms" and ratio(b, a) else ""),
-            ))
+            rows.append(row(f"{label} ms, {RUNTIME_LABEL.get(runtime, runtime)} {threads}T",
+                            lambda v, f=fmt, t=threads, k=field: _latency(v, f, t, k),
+                            lambda x: "–" if x is None else f"{x:.3f}", invert=True,
+                            suffix=" faster" if field == "p50_ms" else ""))
     return rows
 
 
@@ -106,10 +127,10 @@ def render_markdown(report: dict) -> str:
         "",
         "## Before / after",
         "",
-        "| metric | before | after | after vs before |",
-        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(report)]
+    header = comparison_header(report)
+    lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in comparison_rows(report)]
     lines += ["", "## Exported files", "", "| variant | file | size | parity max abs diff | top-1 agreement | top-1 (file) |",
               "|---|---|---:|---:|---:|---:|"]
     for vname, variant in report["variants"].items():
@@ -134,11 +155,35 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _prune_title(run: dict[str, Any]) -> str:
+    config = run["config"]
+    if "policy" in config:
+        return f"policy from the {config['from']}"
+    return run.get("target") or f"ratio {config.get('ratio')}"
+
+
 def _step_sections(steps: dict[str, Any]) -> list[str]:
     """What each compression step did: widths per pruned layer, sparsity per layer, epochs of fine-tuning."""
     lines: list[str] = []
+    for i, run in enumerate(steps.get("search", [])):
+        p, meta = run["params"], run["meta"]
+        lines += ["", f"## Step search #{i + 1}: {p['strategy']}, target {p.get('target', 'none')}", "",
+                  f"{meta.get('constraint', 'no budget')}; reward {p['reward']}; latency from "
+                  f"{meta.get('latency_source') or 'nowhere (MACs only)'}. Candidates are scored on {p['val_samples']} "
+                  f"validation images without fine-tuning, after re-estimating BN statistics on {p['bn_batches']} "
+                  f"training batches; {run['space']['groups']} groups searched, round_to {run['space']['round_to']}.", ""]
+        lines += [f"- note: {n}" for n in meta.get("notes", [])]
+        lines += ["", "| strategy | candidates | best top-1 (no fine-tuning) | p50 ms | MACs | seconds | latency cache hits / misses | plot |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for key in ("searched", "uniform"):
+            if key in run:
+                r, b = run[key], run[key]["best"]
+                lat = "–" if b.get("latency_ms") is None else f"{b['latency_ms']:.3f}"
+                lines.append(f"| {r['strategy']} | {r['episodes']} | {100 * b['accuracy']:.2f}% | {lat} | "
+                             f"x{r['macs_ratio']:.3f} | {r['seconds']:.0f} | {r['latency_cache']['hits']} / "
+                             f"{r['latency_cache']['misses']} | `search/{r['strategy']}/search.png` |")
     for i, run in enumerate(steps.get("prune", [])):
-        lines += ["", f"## Step prune #{i + 1}: {run.get('target') or 'ratio ' + str(run['config'].get('ratio'))}", "",
+        lines += ["", f"## Step prune #{i + 1}: {_prune_title(run)}", "",
                   f"MACs x{run['macs_ratio']:.3f}, params x{run['params_ratio']:.3f}; importance {run['config']['importance']}, "
                   f"ranking {run['config']['ranking']}, round_to {run['config']['round_to']}.", "",
                   "| layer (output channels) | channels before | after | left whole because |", "|---|---:|---:|---|"]
@@ -159,6 +204,8 @@ def _step_sections(steps: dict[str, Any]) -> list[str]:
             for e in run["history"]["epochs"]:
                 val = "–" if e.get("val_top1") is None else f"{100 * e['val_top1']:.2f}%"
                 lines.append(f"| {e['epoch']} | {e['train_loss']:.4f} | {val} | {e['seconds']:.0f} |")
+    for variant, records in steps.get("variants", {}).items():
+        lines += [line.replace("## Step", f"## Variant {variant}: step") for line in _step_sections(records)]
     return lines
 
 

@@ -111,7 +111,7 @@ def run_compress(
     """
     from edgecompress.data.calibration import make_loader
     from edgecompress.devices import get_device
-    from edgecompress.export.bundle import comparison_rows, write_bundle_files
+    from edgecompress.export.bundle import write_bundle_files
     from edgecompress.fsutil import atomic_directory, check_output_dir
     from edgecompress.latency.interleave import measure_interleaved
     from edgecompress.models.loading import load_model, save_checkpoint
@@ -146,19 +146,24 @@ def run_compress(
         compressed = model
         applied: list[str] = []
         step_records: dict[str, Any] = {}
+        forked: dict[str, tuple[torch.nn.Module, StepContext]] = {}  # extra variants, e.g. the uniform baseline
         if recipe.steps:
-            compressed = copy.deepcopy(model)
             ctx = StepContext(input_shape=shape, seed=recipe.seed, splits=splits, device=dev, work_dir=work_dir,
                               original=model)
-            for name, params in recipe.steps:
-                console.log(f"step {name} {params}")
-                compressed = get_step(name)(compressed, params, ctx).eval()
-                applied.append(name)
+            compressed, forked = _run_steps(recipe, copy.deepcopy(model), ctx, console)
+            applied = [name for name, _ in recipe.steps]
             notes.extend(ctx.notes)
-            step_records = {k: v for k, v in ctx.records.items() if not k.startswith("_")}
+            step_records = _public(ctx.records)
+            for fork, (_, fctx) in forked.items():
+                notes.extend(f"[{fork}] {n}" for n in fctx.notes)
+                step_records.setdefault("variants", {})[fork] = _public(fctx.records)
+            for rel, src in ctx.artifacts.items():
+                (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, bundle / rel)
         unchanged = not applied
 
         console.log("exporting " + ", ".join(recipe.export.formats) + " with parity checks")
+        variants: dict[str, dict[str, Any]] = {}  # forked variants, reported between before and after
         if unchanged:
             before["artifacts"] = _export_variant(model, shape, bundle, recipe, loader, calib_inputs, console)
             after = copy.deepcopy(before)
@@ -167,12 +172,19 @@ def run_compress(
             before["artifacts"] = _export_variant(model, shape, bundle / "baseline", recipe, loader, calib_inputs, console)
             for art in before["artifacts"].values():
                 art["file"] = f"baseline/{art['file']}"
+            for fork, (fmodel, _) in forked.items():
+                variants[fork] = _profile_model(fmodel, shape, loader, console)
+                variants[fork]["artifacts"] = _export_variant(fmodel, shape, bundle / fork, recipe, loader, calib_inputs,
+                                                              console)
+                for art in variants[fork]["artifacts"].values():
+                    art["file"] = f"{fork}/{art['file']}"
             after = _profile_model(compressed, shape, loader, console)
             after["artifacts"] = _export_variant(compressed, shape, bundle, recipe, loader, calib_inputs, console)
 
         m = recipe.measure
         paths = {}
-        for vname, variant in (("before", before), ("after", after)):
+        ordered = {"before": before, **variants, "after": after}
+        for vname, variant in ordered.items():
             if vname == "after" and unchanged:
                 break
             for fmt, art in variant["artifacts"].items():
@@ -184,8 +196,7 @@ def run_compress(
             on_trial=lambda a, t, i: console.log(f"  trial {i + 1}/{m.trials}: {a.name} @ {t} thread(s)"),
         )
         for (vname, fmt), path in paths.items():
-            variant = before if vname == "before" else after
-            variant["artifacts"][fmt]["latency"] = [
+            ordered[vname]["artifacts"][fmt]["latency"] = [
                 {k: v for k, v in results[(path, t)].to_dict().items() if k not in ("samples_ms", "fingerprint")}
                 for t in m.threads
             ]
@@ -210,7 +221,7 @@ def run_compress(
             "dataset": {"name": recipe.data.dataset, "split": recipe.evaluate.split, "n": len(eval_ds)},
             "steps_applied": applied,
             "steps": step_records,
-            "variants": {"before": before, "after": after},
+            "variants": {"before": before, **variants, "after": after},
             "versions": _versions(),
             "notes": notes,
         }
@@ -221,15 +232,39 @@ def run_compress(
     return report
 
 
+def _public(records: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in records.items() if not k.startswith("_")}
+
+
+def _run_steps(recipe: Recipe, model: torch.nn.Module, ctx: StepContext, console):
+    """Apply the recipe's steps to `model`; a step that forks a variant (the search step's
+    uniform baseline) gets the remaining steps run on a copy too. Returns (model, forks)."""
+    tracks: dict[str, tuple[torch.nn.Module, StepContext]] = {"after": (model, ctx)}
+    for name, params in recipe.steps:
+        for variant in list(tracks):
+            current, tctx = tracks[variant]
+            console.log(f"step {name} {params}" + ("" if variant == "after" else f"  ({variant} variant)"))
+            current = get_step(name)(current, params, tctx).eval()
+            tracks[variant] = (current, tctx)
+            for fork, policy in tctx.forks.items():
+                if fork in tracks:
+                    raise UserError(f"step {name} forks a variant {fork!r} that already exists")
+                tracks[fork] = (copy.deepcopy(current), tctx.fork(fork, policy))
+            tctx.forks.clear()
+    main, _ = tracks.pop("after")
+    return main, tracks
+
+
 def _print_table(report: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgecompress.export.bundle import comparison_rows
+    from edgecompress.export.bundle import comparison_header, comparison_rows
 
     table = Table(title=f"{report['model']['spec']} on {report['device']['name']}")
-    table.add_column("metric")
-    for col in ("before", "after", "after vs before"):
+    metric, *cols = comparison_header(report)
+    table.add_column(metric)
+    for col in cols:
         table.add_column(col, justify="right")
     for row in comparison_rows(report):
         table.add_row(*row)

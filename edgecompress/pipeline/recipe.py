@@ -126,7 +126,7 @@ def _section(where: str, cls: type, raw: Any):
 
 def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
     """Validate a parsed recipe document and build a `Recipe`."""
-    from edgecompress.pipeline.steps import available_steps, validate_step
+    from edgecompress.pipeline.steps import available_steps, validate_sequence, validate_step
 
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping with keys like name, data, steps, export, measure")
@@ -157,6 +157,10 @@ def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
         except ValueError as exc:
             raise UserError(f"{source}: steps[{i}] {name}: {exc}") from None
         steps.append((name, dict(params or {})))
+    try:
+        validate_sequence(steps)
+    except ValueError as exc:
+        raise UserError(f"{source}: {exc}") from None
     sections = {k: _section(f"{source}: {k}", cls, raw.get(k)) for k, cls in _SECTIONS.items()}
     return Recipe(name=str(raw.get("name", Path(source).stem)), seed=seed, steps=tuple(steps), source=source, **sections)
 

@@ -4,6 +4,7 @@
 steps:
   - slim:     {epochs: 2, penalty: 1.0e-4}          # optional: L1 on BN scales first
   - prune:    {target: macs=0.5, importance: l2}    # round_to from the device profile
+  # or, after a `search` step: {policy: search}; or a saved policy: {policy: best_policy.json}
   - finetune: {epochs: 3, lr: 0.01, kd: {temperature: 4, alpha: 0.9}}
   - sparsify: {final_sparsity: 0.7, epochs: 2}      # unstructured, masks kept to the end
 ```
@@ -65,7 +66,53 @@ def _prune_config(params: dict, round_to: int | None = None):
 
 
 def _validate_prune(params: dict) -> None:
-    _prune_config(params)
+    if "policy" in params:
+        _policy_source(params)
+    else:
+        _prune_config(params)
+
+
+def _policy_source(params: dict) -> str:
+    """'search' or the path of a policy file, for `prune: {policy: ...}` (ValueError if misused)."""
+    others = sorted(set(params) - {"policy"})
+    if others:
+        raise ValueError(f"prune with a policy takes no other parameter (got {', '.join(others)}): the policy fixes "
+                         "every group's width; drop them, or drop policy to prune to a target")
+    value = params["policy"]
+    if value == "search":
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"policy = {value!r} must be 'search' (the best policy of the search step before) or the "
+                         "path of a policy file (an `edgecompress search` best_policy.json)")
+    from pathlib import Path
+
+    if not Path(value).is_file():
+        raise ValueError(f"policy file {value!r} does not exist; pass an `edgecompress search` best_policy.json "
+                         "or 'search'")
+    return value
+
+
+def _prune_to_policy(model: nn.Module, source: str, ctx: StepContext) -> nn.Module:
+    """Prune `model` to a searched policy: the search step's best (or the uniform baseline on that track) or a file."""
+    from edgecompress.errors import UserError
+    from edgecompress.search.space import Policy, SearchSpace
+
+    if source == "search":
+        policy, space = ctx.policy, ctx.search_space
+        if policy is None:
+            raise UserError("prune: {policy: search} needs a search step before it in the recipe")
+        origin = "search step" if ctx.variant == "after" else f"{ctx.variant} baseline of the search step"
+    else:
+        policy = Policy.load(source)
+        space = SearchSpace.from_model(model, tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
+        origin = source
+    pruned, result = space.prune(policy, model)
+    ctx.records.setdefault("prune", []).append({"config": {"policy": policy.to_dict(), "from": origin,
+                                                           "importance": space.importance, "round_to": space.round_to,
+                                                           "ranking": "policy"}, **result.to_dict()})
+    ctx.notes.append(f"prune (policy from the {origin}, round_to {space.round_to}): MACs x{result.macs_ratio:.3f}, "
+                     f"params x{result.params_ratio:.3f}")
+    return pruned
 
 
 def _validate_training(step: str, own: set[str]):
@@ -75,44 +122,17 @@ def _validate_training(step: str, own: set[str]):
     return check
 
 
-def _device_round_to(ctx: StepContext) -> int | None:
-    """The channel multiple the device profile says its runtimes like ("auto": ask the device); None: unknown."""
-    from edgecompress.devices.profiles import list_profiles, load_profile
-
-    name = getattr(ctx.device, "name", None)
-    value = load_profile(name).round_to if name in list_profiles() else "auto"
-    if value == "auto":
-        ask = getattr(ctx.device, "round_to", None)
-        return ask() if callable(ask) else None
-    return value
-
-
-def _loader(ctx: StepContext, split: str, batch_size: int, shuffle: bool, n: int | None = None):
-    from edgecompress.data.calibration import calibration_subset, make_loader
-
-    ds = getattr(ctx.splits, split)
-    if ds is None:
-        return None
-    if n is not None and n < len(ds):
-        ds = calibration_subset(ds, n, seed=ctx.seed)
-    return make_loader(ds, batch_size=batch_size, shuffle=shuffle, seed=ctx.seed)
-
-
-def _next_dir(ctx: StepContext, step: str):
-    count = ctx.records.setdefault("_counts", {})
-    count[step] = count.get(step, 0) + 1
-    return ctx.work_dir / f"{step}-{count[step]}"
-
-
 @register_step("prune", validate=_validate_prune)
 def prune_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
-    """Structured channel pruning, in place (see PruneConfig for the parameters)."""
+    """Structured channel pruning, in place (see PruneConfig for the parameters), or to a searched policy."""
+    if "policy" in params:
+        return _prune_to_policy(model, _policy_source(params), ctx)
     from edgecompress.prune.importance import accumulate_gradients
     from edgecompress.prune.structured import describe_result, prune_
 
-    config = _prune_config(params, _device_round_to(ctx))
+    config = _prune_config(params, ctx.round_to())
     if config.importance == "taylor":
-        loader = _loader(ctx, "train", 64, shuffle=True)
+        loader = ctx.loader("train", 64, shuffle=True)
         accumulate_gradients(model, loader, batches=int(params.get("taylor_batches", 8)))
     latency_fn = None
     if config.target and config.target.startswith("latency"):
@@ -142,8 +162,8 @@ def finetune_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) ->
     from edgecompress.distill import finetune
 
     config, distill, n = _train_parts(params, ctx.seed)
-    history = finetune(model, ctx.original if distill else None, _loader(ctx, "train", config.batch_size, True, n),
-                       _loader(ctx, "val", 256, False), config, distill=distill, checkpoint_dir=_next_dir(ctx, "finetune"))
+    history = finetune(model, ctx.original if distill else None, ctx.loader("train", config.batch_size, True, n),
+                       ctx.loader("val", 256, False), config, distill=distill, checkpoint_dir=ctx.step_dir("finetune"))
     ctx.records.setdefault("finetune", []).append({"config": config.to_dict(), "distill": distill.to_dict() if distill else None,
                                                    "history": history.to_dict()})
     return model
@@ -159,9 +179,9 @@ def slim_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.
     config, distill, n = _train_parts(train_params, ctx.seed)
     hook = SlimmingHook(penalty=float(own.get("penalty", 1e-4)), include=own.get("include"))
     before = bn_l1(model)
-    history = finetune(model, ctx.original if distill else None, _loader(ctx, "train", config.batch_size, True, n),
-                       _loader(ctx, "val", 256, False), config, distill=distill, hooks=[hook],
-                       checkpoint_dir=_next_dir(ctx, "slim"))
+    history = finetune(model, ctx.original if distill else None, ctx.loader("train", config.batch_size, True, n),
+                       ctx.loader("val", 256, False), config, distill=distill, hooks=[hook],
+                       checkpoint_dir=ctx.step_dir("slim"))
     ctx.records.setdefault("slim", []).append({"penalty": hook.penalty, "bn_l1_before": before, "bn_l1_after": bn_l1(model),
                                                "history": history.to_dict()})
     return model
@@ -190,10 +210,10 @@ def sparsify_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) ->
     config, distill, n = _train_parts(train_params, ctx.seed)
     # The best-validation epoch may be a less sparse one: keep the last (fully sparse) weights.
     config = dataclasses.replace(config, restore_best=False)
-    loader = _loader(ctx, "train", config.batch_size, True, n)
+    loader = ctx.loader("train", config.batch_size, True, n)
     pruner = GradualMagnitudePruner(model, GMPConfig.from_dict(own), total_steps=config.epochs * len(loader))
-    history = finetune(model, ctx.original if distill else None, loader, _loader(ctx, "val", 256, False), config,
-                       distill=distill, hooks=[pruner], checkpoint_dir=_next_dir(ctx, "sparsify"))
+    history = finetune(model, ctx.original if distill else None, loader, ctx.loader("val", 256, False), config,
+                       distill=distill, hooks=[pruner], checkpoint_dir=ctx.step_dir("sparsify"))
     report = pruner.finalize()
     ctx.records.setdefault("sparsify", []).append({"gmp": pruner.config.to_dict(), "sparsity": report.to_dict(),
                                                    "history": history.to_dict()})

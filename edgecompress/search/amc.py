@@ -297,6 +297,8 @@ class AMCAgent:
         if tuple(state["config"]["hidden"]) != self.config.hidden:
             raise ValueError(f"this AMC state has hidden layers {state['config']['hidden']}, "
                              f"not {list(self.config.hidden)}")
+        # A resumed search goes on with the settings it started with (warm-up length included).
+        self.config = AMCConfig(**{**state["config"], "hidden": tuple(state["config"]["hidden"])})
         self.episode, self.sigma, self.baseline = int(state["episode"]), float(state["sigma"]), state["baseline"]
         for name in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"):
             getattr(self, name).load_state_dict(state[name])

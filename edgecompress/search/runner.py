@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.devices.base import DeviceUnavailableError
 from edgecompress.errors import UserError, suggest
 from edgecompress.fsutil import atomic_write_bytes, atomic_write_json
 from edgecompress.search.reward import Outcome, Reward, make_reward
@@ -87,6 +88,20 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 
 def list_strategies() -> list[str]:
     return sorted(STRATEGIES)
+
+
+def amc_warmup(episodes: int) -> tuple[int, str | None]:
+    """AMC's warm-up for a run of `episodes`: the paper's 100 random episodes when the run
+    has room for them (at least 4x), else a quarter of the run (the paper's proportion,
+    100 of 400), with a note saying so; a run shorter than its warm-up never learns."""
+    from edgecompress.search.amc import AMCConfig
+
+    paper = AMCConfig.warmup
+    if episodes >= 4 * paper:
+        return paper, None
+    warmup = max(1, episodes // 4)
+    return warmup, (f"AMC warm-up: {warmup} random episodes of {episodes} (the paper's {paper} do not fit a run "
+                    f"this short; the agent learns from the other {episodes - warmup}); set warmup to choose")
 
 
 def make_strategy(name: str, space: SearchSpace, *, seed: int = 0, **options: Any) -> Strategy:
@@ -197,11 +212,19 @@ def run_search(
     if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
         raise UserError(f"episodes = {episodes!r}: a search needs at least 1 episode (one evaluated candidate)")
     rew = make_reward(reward, **dict(reward_options or {}))
+    notes: list[str] = []
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
             raise UserError(f"unknown search strategy {strategy!r}{suggest(strategy, STRATEGIES)}; "
                             f"valid: {', '.join(list_strategies())}")
-        strat = make_strategy(strategy, space, seed=seed, **dict(strategy_options or {}))
+        options = dict(strategy_options or {})
+        if strategy == "amc" and "warmup" not in options:
+            options["warmup"], note = amc_warmup(episodes)
+            if note:
+                notes.append(note)
+                if progress is not False:
+                    print(f"note: {note}", file=sys.stderr)
+        strat = make_strategy(strategy, space, seed=seed, **options)
     elif strategy_options:
         raise UserError(f"strategy_options {sorted(strategy_options)} apply to a strategy given by name; "
                         f"configure the {type(strategy).__name__} object itself")
@@ -225,6 +248,7 @@ def run_search(
         "format": FORMAT, "strategy": strat.name, "reward": rew.to_dict(), "budget": str(target) if target else None,
         "seed": seed, "space": space.signature(), "groups": len(space), "input_shape": list(space.input_shape),
         "latency_source": getattr(latency_source, "name", None) if latency_source is not None else None,
+        "notes": notes,
     }
     log: list[dict[str, Any]] = []
     cache: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -312,7 +336,10 @@ def run_search(
                 outcome = Outcome(hit["accuracy"], hit["macs"], hit["params"], hit["latency_ms"])
                 cache_hit, reused = None, True
             else:
-                outcome, cache_hit = _score(space, policy, evaluate, latency_source)
+                try:
+                    outcome, cache_hit = _score(space, policy, evaluate, latency_source)
+                except DeviceUnavailableError as exc:
+                    raise SearchPaused(_paused_message(exc, len(log), episodes, state_path)) from exc
                 reused = False
             value = rew(outcome, target.metric if target else None, meta.get("limit"))
             strat.tell(policy, value, outcome)
@@ -359,6 +386,17 @@ def run_search(
                                         metric=target.metric if target else None))
     return SearchResult(best=best, best_policy=Policy(tuple(best["policy"]), space.names) if best else None, log=log,
                         meta=meta, out_dir=out, stopped_early=stopped_early, files=files)
+
+
+class SearchPaused(DeviceUnavailableError):
+    """The device went away mid-search; everything up to the last finished episode is checkpointed."""
+
+
+def _paused_message(exc: Exception, done: int, episodes: int, state_path: Path | None) -> str:
+    where = (f"the checkpoint {state_path} holds episodes 1-{done}; once the device is back (`edgecompress devices` "
+             "lists it as 'device'), continue with --resume (a compress run: re-run the same command)"
+             if state_path is not None else "no checkpoint was kept (no out_dir): re-run the search once it is back")
+    return f"search paused in episode {done + 1} of {episodes}: the device became unavailable ({exc}); {where}"
 
 
 def _setup_budget(space: SearchSpace, target: Any, source: Any, latency_of: Callable[[Policy], float],

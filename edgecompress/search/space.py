@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,24 @@ class Policy:
         except json.JSONDecodeError as exc:
             raise ValueError(f"policy JSON does not parse ({exc})") from None
         return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """A policy file: `{"keep": [...], "groups": [...]}` or a search's best_policy.json (UserError if unreadable)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise UserError(f"cannot read policy file {str(path)!r} ({exc.strerror}); pass the best_policy.json "
+                            "an `edgecompress search` wrote") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"policy file {str(path)!r} is not JSON ({exc})") from None
+        if isinstance(data, Mapping) and "keep" not in data and "policy" in data:  # best_policy.json
+            data = {"keep": data["policy"], "groups": data.get("groups", ())}
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise UserError(f"policy file {str(path)!r}: {exc}") from None
 
     def short(self, digits: int = 2) -> str:
         """The keep ratios on one line, for messages."""

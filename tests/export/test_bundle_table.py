@@ -30,3 +30,20 @@ def test_ratios_when_compressed():
 def test_no_ratios_for_the_same_model():
     for _, _, _, ratio in comparison_rows(_report([])):
         assert ratio == ""
+
+
+def test_a_baseline_variant_gets_its_own_column_and_ratio():
+    report = _report(["search", "prune", "finetune"])
+    v = report["variants"]
+    report["variants"] = {"before": v["before"], "uniform": _variant(0.89, 600_000, 2_100_000, 1.25), "after": v["after"]}
+    from edgecompress.export.bundle import comparison_header
+
+    assert comparison_header(report) == ["metric", "before", "uniform", "after", "after vs before", "after vs uniform"]
+    rows = {r[0]: r[1:] for r in comparison_rows(report)}
+    assert rows["top-1, PyTorch"] == ("92.00%", "89.00%", "91.00%", "", "")
+    assert rows["params"] == ("1.00 M", "600.00 k", "500.00 k", "0.50x", "0.83x")
+    assert rows["p50 ms, LiteRT 1T"] == ("2.000", "1.250", "1.000", "2.00x faster", "1.25x faster")
+    assert rows["p90 ms, LiteRT 1T"] == ("2.400", "1.500", "1.200", "2.00x", "1.25x")
+    md = render_markdown(report)
+    assert "| metric | before | uniform | after | after vs before | after vs uniform |" in md
+    assert "| p50 ms, LiteRT 1T | 2.000 | 1.250 | 1.000 | 2.00x faster | 1.25x faster |" in md

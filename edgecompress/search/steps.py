@@ -1,0 +1,209 @@
+"""Recipe step `search`: choose each group's keep ratio on the device, for a `prune` after it.
+
+```yaml
+steps:
+  - search:
+      strategy: amc            # amc | evolution | random | uniform
+      target: latency=0.5      # of the original's latency on the --device; or latency=3ms, macs=0.5, params=1M
+      episodes: 40             # candidates evaluated (each pruned, scored, timed)
+      reward: error            # error (hard budget), mnasnet (soft), error_log_macs (no budget)
+      latency: measured        # measured on the --device, through the latency cache | predictor | macs (none)
+      runtime: litert          # what candidates are timed with: litert | onnxruntime
+      threads: 1
+      val_samples: 1000        # validation images scoring each candidate (no fine-tuning)
+      bn_batches: 10           # training batches re-estimating BN statistics per candidate
+      compare_uniform: true    # also carry uniform pruning at the same budget through the later steps
+      options: {}              # the strategy's own settings (AMCConfig fields, evolution population ...)
+  - prune: {policy: search}    # prune to the best policy found
+  - finetune: {epochs: 3, kd: {temperature: 4, alpha: 0.9}}
+```
+
+The search leaves its log, best policy and accuracy-vs-latency plot in the bundle
+(`search/`). Its checkpoint lives in the run's work dir: re-running the same command
+after an interruption (or after the phone went away) resumes it. With
+`compare_uniform`, the uniform baseline at the same budget becomes the report's
+`uniform` variant: pruned, fine-tuned, exported and measured exactly like the searched one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgecompress.pipeline.steps import StepContext, register_recipe_check, register_step
+
+LATENCY_KINDS = ("measured", "predictor", "macs")
+RUNTIMES = ("litert", "onnxruntime")
+DEFAULTS: dict[str, Any] = {
+    "strategy": "amc", "episodes": 40, "reward": "error", "latency": "measured", "runtime": "litert", "threads": 1,
+    "predictor": None, "val_samples": 1000, "bn_batches": 10, "compare_uniform": False, "options": {},
+}
+KEYS = {"target", *DEFAULTS}
+
+
+def _positive_int(name: str, value: Any, least: int = 1) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+        raise ValueError(f"{name} = {value!r} must be an integer >= {least}")
+
+
+def search_params(params: dict) -> dict[str, Any]:
+    """The step's parameters with defaults filled in; ValueError naming the first bad one."""
+    from edgecompress.errors import UserError, check_keys
+    from edgecompress.prune.structured import Target
+    from edgecompress.search.reward import list_rewards
+    from edgecompress.search.runner import list_strategies
+
+    check_keys("search parameter", params, KEYS)
+    p = {**DEFAULTS, **params}
+    if p["strategy"] not in list_strategies():
+        raise ValueError(f"strategy {p['strategy']!r} must be one of {', '.join(list_strategies())}")
+    if p["reward"] not in list_rewards():
+        raise ValueError(f"reward {p['reward']!r} must be one of {', '.join(list_rewards())}")
+    if p["reward"] != "error_log_macs":
+        if "target" not in params:
+            raise ValueError("target is required, e.g. target: latency=0.5 (of the original) or macs=0.5")
+        try:
+            Target.parse(p["target"])
+        except (ValueError, UserError) as exc:
+            raise ValueError(f"target: {exc}") from None
+    _positive_int("episodes", p["episodes"])
+    _positive_int("threads", p["threads"])
+    _positive_int("val_samples", p["val_samples"])
+    _positive_int("bn_batches", p["bn_batches"], 0)
+    if p["latency"] not in LATENCY_KINDS:
+        raise ValueError(f"latency {p['latency']!r} must be one of {', '.join(LATENCY_KINDS)}")
+    if p["latency"] == "predictor" and not p["predictor"]:
+        raise ValueError("latency: predictor needs predictor: PATH (a predictor.json fitted on the device)")
+    if p["latency"] == "macs" and str(p.get("target", "")).startswith("latency"):
+        raise ValueError(f"target {p['target']!r} is a latency: use latency: measured or predictor")
+    if p["runtime"] not in RUNTIMES:
+        raise ValueError(f"runtime {p['runtime']!r} must be one of {', '.join(RUNTIMES)}")
+    if not isinstance(p["compare_uniform"], bool):
+        raise ValueError(f"compare_uniform = {p['compare_uniform']!r} must be true or false")
+    if p["compare_uniform"] and (p["strategy"] == "uniform" or p["reward"] == "error_log_macs"):
+        raise ValueError("compare_uniform needs a searching strategy (not uniform) and a budget (not error_log_macs)")
+    if not isinstance(p["options"], dict):
+        raise ValueError(f"options = {p['options']!r} must be a mapping of the strategy's settings")
+    return p
+
+
+def _validate(params: dict) -> None:
+    search_params(params)
+
+
+@register_recipe_check
+def _check_order(steps: list[tuple[str, dict]]) -> None:
+    """`prune: {policy: search}` needs a search before it; one search may fork the uniform baseline."""
+    searched = forks = 0
+    for i, (name, params) in enumerate(steps):
+        if name == "search":
+            searched += 1
+            forks += bool(params.get("compare_uniform"))
+        if name == "prune" and params.get("policy") == "search" and not searched:
+            raise ValueError(f"steps[{i}] prune: policy 'search' needs a search step before it")
+    if forks > 1:
+        raise ValueError("only one search step may set compare_uniform (the uniform variant is one baseline)")
+    last = max((i for i, (n, _) in enumerate(steps) if n == "search"), default=None)
+    if last is not None and not any(n == "prune" and p.get("policy") == "search" for n, p in steps[last + 1:]):
+        raise ValueError(f"steps[{last}] search: nothing uses its result; add `- prune: {{policy: search}}` after it")
+
+
+def _latency_source(p: dict[str, Any], ctx: StepContext):
+    from edgecompress.latency.cache import LatencyCache
+    from edgecompress.latency.source import MeasuredLatency, make_latency_source
+
+    if p["latency"] == "macs":
+        return None
+    if p["latency"] == "predictor":
+        return make_latency_source("predictor", predictor=p["predictor"], device=ctx.device)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    return MeasuredLatency(ctx.device, p["runtime"], p["threads"], cache=LatencyCache(), work_dir=ctx.work_dir)
+
+
+def _summary(result, space) -> dict[str, Any]:
+    hits = [r.get("latency_cache_hit") for r in result.log if r.get("latency_cache_hit") is not None]
+    best = result.best or {}
+    return {
+        "episodes": len(result.log), "stopped_early": result.stopped_early,
+        "best": {k: best.get(k) for k in ("episode", "reward", "accuracy", "latency_ms", "macs", "params", "widths")},
+        "best_policy": result.best_policy.to_dict() if result.best_policy else None,
+        "macs_ratio": best["macs"] / space.total_macs if best else None,
+        "latency_cache": {"hits": sum(1 for h in hits if h), "misses": sum(1 for h in hits if h is False)},
+        "wall_s": round(sum(r.get("wall_s", 0.0) for r in result.log), 3),
+    }
+
+
+@register_step("search", validate=_validate)
+def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
+    """Search a keep ratio per group (the model is unchanged; `prune: {policy: search}` applies it)."""
+    from edgecompress.errors import UserError
+    from edgecompress.search.reward import Evaluator
+    from edgecompress.search.runner import STATE_FILE, run_search
+    from edgecompress.search.space import SearchSpace
+
+    p = search_params(params)
+    if ctx.splits.val is None:
+        raise UserError("the search step scores candidates on held-out images: set data.val_size > 0 in the recipe")
+    space = SearchSpace.from_model(model.eval(), tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
+    evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
+                         seed=ctx.seed)
+    source = _latency_source(p, ctx)
+    # Settings and model go into the checkpoint dir's name: a re-run with the same ones resumes.
+    key = hashlib.sha256(json.dumps([p, space.signature(), ctx.seed, getattr(ctx.device, "name", None)],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:10]
+    out = ctx.step_dir("search", key)
+    target = params.get("target")
+
+    def run(strategy: str, out_dir, options: dict) -> Any:
+        resume = (out_dir / STATE_FILE).is_file()
+        if resume:
+            print(f"search {strategy}: resuming from {out_dir / STATE_FILE}")
+        return run_search(strategy, space, evaluate, latency_source=source, budget=target, episodes=p["episodes"],
+                          seed=ctx.seed, out_dir=out_dir, resume=resume, progress=True, reward=p["reward"],
+                          strategy_options=options)
+
+    t0 = time.perf_counter()
+    result = run(p["strategy"], out, p["options"])
+    if result.best_policy is None:
+        raise UserError(f"search: none of the {len(result.log)} candidates met {target!r}; raise episodes or the budget")
+    record = {"params": p, "space": {"groups": len(space), "signature": space.signature(), "round_to": space.round_to},
+              "meta": {k: v for k, v in result.meta.items() if k not in ("space",)},
+              "searched": {"strategy": p["strategy"], **_summary(result, space),
+                           "seconds": round(time.perf_counter() - t0, 1)}}
+    ctx.policy, ctx.search_space = result.best_policy, space
+    _keep_files(ctx, p["strategy"], result)
+    line = _line(p["strategy"], record["searched"], space)
+    if p["compare_uniform"]:
+        t0 = time.perf_counter()
+        uniform = run("uniform", out / "uniform", {})
+        if uniform.best_policy is None:
+            raise UserError(f"search: the uniform baseline found no ratio within {target!r}")
+        record["uniform"] = {"strategy": "uniform", **_summary(uniform, space), "seconds": round(time.perf_counter() - t0, 1)}
+        ctx.forks["uniform"] = uniform.best_policy
+        _keep_files(ctx, "uniform", uniform)
+        line += "; " + _line("uniform", record["uniform"], space)
+    ctx.records.setdefault("search", []).append(record)
+    ctx.notes.append(f"search ({p['target'] if 'target' in params else p['reward']}, {p['reward']} reward, "
+                     f"{source.name if source is not None else 'no latency'}): {line}. Accuracy here is on "
+                     f"{p['val_samples']} validation images without fine-tuning.")
+    return model
+
+
+def _keep_files(ctx: StepContext, strategy: str, result) -> None:
+    """Put the search's log, best policy and plot into the bundle (not the checkpoint)."""
+    for name, path in (result.files or {}).items():
+        if name != "state":
+            ctx.artifacts[f"search/{strategy}/{Path(path).name}"] = Path(path)
+
+
+def _line(strategy: str, summary: dict[str, Any], space) -> str:
+    best = summary["best"]
+    lat = f", {best['latency_ms']:.3f} ms" if best.get("latency_ms") is not None else ""
+    cache = summary["latency_cache"]
+    return (f"{strategy} best of {summary['episodes']} top-1 {best['accuracy']:.2%}{lat}, MACs x{summary['macs_ratio']:.3f} "
+            f"({summary['wall_s']:.0f} s, latency cache {cache['hits']} hits / {cache['misses']} misses)")
