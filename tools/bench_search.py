@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime", default=None, choices=("litert", "onnxruntime"),
                    help="runtime candidates are timed with (default litert; quick onnxruntime)")
     p.add_argument("--threads", type=int, default=1, help="threads for candidate timing (default 1)")
+    p.add_argument("--search-runs", type=int, default=200, help="timed runs per candidate, median taken (default 200)")
     p.add_argument("--episodes", type=int, default=None, help="candidates per strategy (default 60, quick 8)")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated subset of {','.join(STRATEGIES)}")
     p.add_argument("--no-amc-macs", action="store_true", help="skip AMC targeted at MACs")
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.measure_threads = [int(t) for t in args.measure_threads.split(",")]
     except ValueError:
         p.error(f"--measure-threads {args.measure_threads!r}: comma-separated integers")
-    for key in ("episodes", "threads", "epochs", "trials", "runs", "val_samples"):
+    for key in ("episodes", "threads", "epochs", "trials", "runs", "val_samples", "search_runs"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} {getattr(args, key)} must be >= 1")
     return args
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = Evaluator(splits.val, splits.train, val_samples=args.val_samples, bn_batches=10, seed=args.seed)
     space = SearchSpace.from_model(model, shape, round_to=dev.round_to())
     cache = LatencyCache(out / "latency_cache.sqlite")  # private: hits and misses are this run's own
-    source = MeasuredLatency(dev, args.runtime, args.threads, cache=cache, work_dir=out)
+    source = MeasuredLatency(dev, args.runtime, args.threads, runs=args.search_runs, warmup=20, cache=cache, work_dir=out)
     report: dict[str, Any] = {
         "schema": "edgecompress.bench_search/1", "complete": False,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

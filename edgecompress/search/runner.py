@@ -43,6 +43,8 @@ from edgecompress.search.reward import Outcome, Reward, make_reward
 from edgecompress.search.space import Constraint, LinearLatencyModel, Policy, SearchSpace
 
 FORMAT = "edgecompress.search/1"
+#: the reward of a candidate measured over a hard budget (the error reward's value at accuracy 0)
+INFEASIBLE_REWARD = -1.0
 STATE_FILE, LOG_FILE, BEST_FILE, PLOT_FILE = "search_state.pt", "search_log.json", "best_policy.json", "search.png"
 
 
@@ -341,11 +343,15 @@ def run_search(
                 except DeviceUnavailableError as exc:
                     raise SearchPaused(_paused_message(exc, len(log), episodes, state_path)) from exc
                 reused = False
+            feasible = True if target is None else outcome.metric(target.metric) <= meta["limit"] * (1 + 1e-9)
             value = rew(outcome, target.metric if target else None, meta.get("limit"))
+            if rew.hard and not feasible:
+                # The clamp's estimate said it fits, the measurement says no: the strategy must
+                # not learn that going over the budget pays, so it gets accuracy 0's reward.
+                value = INFEASIBLE_REWARD
             strat.tell(policy, value, outcome)
             if latency_model is not None and outcome.latency_ms is not None and not reused:
                 latency_model.observe(policy, outcome.latency_ms)
-            feasible = True if target is None else outcome.metric(target.metric) <= meta["limit"] * (1 + 1e-9)
             record = {
                 "episode": len(log) + 1, "policy": [round(k, 6) for k in policy.keep], "widths": widths,
                 "reward": value, "accuracy": outcome.accuracy, "latency_ms": outcome.latency_ms,

@@ -555,7 +555,9 @@ class LinearLatencyModel:
     (len(space) + 2 calls of the source): savings_g is what cutting group g alone saves,
     rescaled so the estimate of the narrowest model equals its measurement (cutting
     several groups saves less than the sum of their savings when they meet in a layer).
-    `observe` refines a multiplicative correction from every measured candidate. The
+    `observe` refines a multiplicative correction from every measured candidate (a high
+    quantile of measured / estimated, so that most candidates the clamp fits onto the
+    budget also measure within it). The
     estimate only steers the clamp: a candidate's latency in the search log is always a
     real call of the latency source.
     """
@@ -586,10 +588,14 @@ class LinearLatencyModel:
         savings = [s * want / total for s in alone] if total > 0 else [want / len(space)] * len(space)
         return cls(space, full, low, savings)
 
+    #: the clamp aims at this quantile of measured / estimated: with the median, half of the
+    #: candidates clamped onto a latency budget measured above it (timing noise, model error)
+    QUANTILE = 0.8
+
     @property
     def correction(self) -> float:
-        """Median measured / estimated ratio of the last 20 observed candidates (1 before any)."""
-        return float(np.median(self.ratios[-20:])) if self.ratios else 1.0
+        """The QUANTILE of measured / estimated over the last 20 observed candidates (1 before any)."""
+        return float(np.quantile(self.ratios[-20:], self.QUANTILE)) if self.ratios else 1.0
 
     def _raw(self, units: Sequence[float]) -> float:
         return float(self.full_ms - self.savings @ ((self._max - np.asarray(units, dtype=np.float64)) / self._span))

@@ -10,6 +10,7 @@ steps:
       latency: measured        # measured on the --device, through the latency cache | predictor | macs (none)
       runtime: litert          # what candidates are timed with: litert | onnxruntime
       threads: 1
+      runs: 100                # timed runs per candidate (their median is the candidate's latency)
       val_samples: 1000        # validation images scoring each candidate (no fine-tuning)
       bn_batches: 10           # training batches re-estimating BN statistics per candidate
       compare_uniform: true    # also carry uniform pruning at the same budget through the later steps
@@ -41,7 +42,7 @@ LATENCY_KINDS = ("measured", "predictor", "macs")
 RUNTIMES = ("litert", "onnxruntime")
 DEFAULTS: dict[str, Any] = {
     "strategy": "amc", "episodes": 40, "reward": "error", "latency": "measured", "runtime": "litert", "threads": 1,
-    "predictor": None, "val_samples": 1000, "bn_batches": 10, "compare_uniform": False, "options": {},
+    "runs": 100, "predictor": None, "val_samples": 1000, "bn_batches": 10, "compare_uniform": False, "options": {},
 }
 KEYS = {"target", *DEFAULTS}
 
@@ -73,6 +74,7 @@ def search_params(params: dict) -> dict[str, Any]:
             raise ValueError(f"target: {exc}") from None
     _positive_int("episodes", p["episodes"])
     _positive_int("threads", p["threads"])
+    _positive_int("runs", p["runs"])
     _positive_int("val_samples", p["val_samples"])
     _positive_int("bn_batches", p["bn_batches"], 0)
     if p["latency"] not in LATENCY_KINDS:
@@ -122,7 +124,8 @@ def _latency_source(p: dict[str, Any], ctx: StepContext):
     if p["latency"] == "predictor":
         return make_latency_source("predictor", predictor=p["predictor"], device=ctx.device)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    return MeasuredLatency(ctx.device, p["runtime"], p["threads"], cache=LatencyCache(), work_dir=ctx.work_dir)
+    return MeasuredLatency(ctx.device, p["runtime"], p["threads"], runs=p["runs"], cache=LatencyCache(),
+                           work_dir=ctx.work_dir)
 
 
 def _summary(result, space) -> dict[str, Any]:

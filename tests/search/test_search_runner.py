@@ -123,6 +123,31 @@ def test_latency_budget_probes_measures_and_counts_cache_hits(space, tmp_path):
     assert result.best["feasible"]
 
 
+class SlowerThanProbed(FakeLatency):
+    """The device runs candidates 15% slower than during the probes (e.g. it warmed up)."""
+
+    def __init__(self, probes: int) -> None:
+        super().__init__()
+        self.probes = probes
+
+    def latency_ms(self, model, input_shape) -> float:
+        ms = super().latency_ms(model, input_shape)
+        return ms * 1.15 if self.calls > self.probes else ms
+
+
+def test_candidates_measured_over_a_hard_budget_get_the_worst_reward(space):
+    source = SlowerThanProbed(probes=len(space) + 3)  # base + the latency model's probes
+    result = run_search("amc", space, fake_accuracy, source, "latency=0.7", episodes=12, seed=0, progress=False,
+                        strategy_options=AMC)
+    over = [r for r in result.log if not r["feasible"]]
+    assert over, "the clamp's first estimates should miss the slower device"
+    assert all(r["reward"] == -1.0 for r in over)
+    assert all(r["reward"] == pytest.approx(-(1 - r["accuracy"])) for r in result.log if r["feasible"])
+    # The correction learns the device is slower: the last candidates fit again.
+    assert all(r["feasible"] for r in result.log[-4:])
+    assert result.best["feasible"] and result.best["latency_ms"] <= result.meta["limit"]
+
+
 def test_baselines_share_the_loop(space, capsys):
     uniform = run_search("uniform", space, fake_accuracy, None, "macs=0.5", episodes=10, progress=False)
     assert uniform.stopped_early and len(uniform.log) == 1  # MACs are exact: one candidate
