@@ -4,14 +4,13 @@ import json
 import shutil
 
 import pytest
-import torch
+from support import zoo_checkpoint
 import yaml
 
 from edgecompress.errors import UserError
 from edgecompress.export.bundle import verify_bundle
 from edgecompress.graph import analyze
-from edgecompress.models import create_model
-from edgecompress.models.loading import load_model, save_checkpoint
+from edgecompress.models.loading import load_model
 from edgecompress.pipeline import recipe_from_dict, run_compress
 
 SMALL = {
@@ -26,11 +25,7 @@ ARCH = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width_mult": 0.5
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "resnet20.pt"
-    save_checkpoint(create_model("resnet20", **ARCH), path, arch_spec="zoo:resnet20", arch_kwargs=ARCH,
-                    input_shape=(1, 28, 28))
-    return str(path)
+    return zoo_checkpoint(tmp_path_factory.mktemp("ckpt"), "resnet20", **ARCH)
 
 
 @pytest.fixture(scope="module")

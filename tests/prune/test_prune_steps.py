@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from support import zoo_checkpoint
 
 from edgecompress.devices.local import host_round_to
 from edgecompress.errors import UserError
 from edgecompress.graph import analyze
-from edgecompress.models import create_model
-from edgecompress.models.loading import load_model, save_checkpoint
+from edgecompress.models.loading import load_model
 from edgecompress.pipeline import recipe_from_dict, run_compress
 
 torch.set_num_threads(1)
@@ -30,11 +30,7 @@ BASE = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "mbv2.pt"
-    save_checkpoint(create_model("mobilenet_v2", **ARCH), path, arch_spec="zoo:mobilenet_v2", arch_kwargs=ARCH,
-                    input_shape=(1, 28, 28))
-    return str(path)
+    return zoo_checkpoint(tmp_path_factory.mktemp("ckpt"), "mobilenet_v2", **ARCH)
 
 
 @pytest.mark.parametrize("steps,match", [

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from support import zoo_checkpoint
 
 from edgecompress.errors import UserError
 from edgecompress.export.bundle import verify_bundle
 from edgecompress.graph import analyze
-from edgecompress.models import create_model
-from edgecompress.models.loading import load_model, save_checkpoint
+from edgecompress.models.loading import load_model
 from edgecompress.pipeline import recipe_from_dict, run_compress
 from edgecompress.devices.local import host_round_to
 from edgecompress.search.baselines import UniformStrategy
@@ -33,11 +33,7 @@ SEARCH = {"strategy": "random", "target": "macs=0.6", "episodes": 4, "runtime": 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "mbv2.pt"
-    save_checkpoint(create_model("mobilenet_v2", **ARCH), path, arch_spec="zoo:mobilenet_v2", arch_kwargs=ARCH,
-                    input_shape=(1, 28, 28))
-    return str(path)
+    return zoo_checkpoint(tmp_path_factory.mktemp("ckpt"), "mobilenet_v2", **ARCH)
 
 
 @pytest.mark.parametrize("steps,match", [

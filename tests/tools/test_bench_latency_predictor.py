@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
+from support import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_latency_predictor.py"
 GRID = {"name": "tiny", "families": [
     {"op": "conv", "k": [3], "stride": [1], "channels": [8, 16], "res": [8], "act": ["relu"]},
     {"op": "conv", "k": [1], "stride": [2], "channels": [8], "cout_ratio": [2], "res": [8], "act": ["none"]},
@@ -16,13 +14,6 @@ GRID = {"name": "tiny", "families": [
     {"op": "gap", "channels": [16], "res": [4]},
     {"op": "linear", "channels": [16], "cout": [10]},
 ]}
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("bench_latency_predictor", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_latency_predictor_smoke(tmp_path) -> None:
@@ -34,7 +25,7 @@ def test_bench_latency_predictor_smoke(tmp_path) -> None:
             "--fit-ratios", "0.2,0.6", "--random-fit-per-arch", "0", "--test-ratios", "0.6",
             "--random-per-arch", "2", "--runs", "10", "--warmup", "2", "--trials", "1", "--lut-runs", "5",
             "--progress", "never"]
-    tool = load_tool()
+    tool = load_tool("bench_latency_predictor")
     assert tool.main(argv) == 0
 
     report = json.loads((out / "report.json").read_text())

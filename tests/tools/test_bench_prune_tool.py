@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from support import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_prune.py"
 MACS_TOLERANCE = 0.005  # bisection and rounding land at or just under the budget
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("bench_prune", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -34,7 +26,7 @@ def test_bench_prune_demo_quick(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["--models", "demo", "--quick", "--out", str(out), "--threads", "1", "--trials", "1", "--runs", "20",
             "--train-limit", "256", "--val-limit", "200", "--test-limit", "500", "--progress", "never"]
-    tool = load_tool()
+    tool = load_tool("bench_prune")
     assert tool.main(argv) == 0
 
     report = json.loads((out / "bench_prune.json").read_text())
@@ -82,7 +74,7 @@ def test_bench_prune_demo_quick(tmp_path, capsys):
 
 
 def test_bench_prune_rejects_bad_options(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool("bench_prune")
     assert tool.main(["--models", "resnet19", "--out", str(tmp_path)]) == 2
     assert "resnet18" in capsys.readouterr().err  # the suggestion
     assert tool.main(["--models", "demo", "--macs", "1.5", "--out", str(tmp_path)]) == 2

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from support import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "coverage_torchvision.py"
 
 
 @pytest.fixture(scope="module")
 def cov():
-    spec = importlib.util.spec_from_file_location("coverage_torchvision", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("coverage_torchvision")
 
 
 def test_two_models_pruned_and_exported_to_onnx(cov, tmp_path):

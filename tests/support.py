@@ -1,0 +1,30 @@
+"""Helpers several test folders share (tests/ is on sys.path: `from support import ...`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def zoo_checkpoint(directory: Path, name: str, **arch) -> str:
+    """A seeded, untrained zoo model saved as an edgecompress checkpoint (1x28x28 input) in `directory`."""
+    from edgecompress.models import create_model
+    from edgecompress.models.loading import save_checkpoint
+
+    torch.manual_seed(0)
+    path = Path(directory) / f"{name}.pt"
+    save_checkpoint(create_model(name, **arch), path, arch_spec=f"zoo:{name}", arch_kwargs=arch, input_shape=(1, 28, 28))
+    return str(path)
+
+
+def load_tool(name: str) -> ModuleType:
+    """tools/NAME.py imported as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
