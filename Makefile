@@ -30,7 +30,7 @@ demo: setup
 	$(BIN)/edgecompress compress $(DEMO_MODEL) --recipe $(DEMO_RECIPE) --device host --out $(DEMO_OUT) --force
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

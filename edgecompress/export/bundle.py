@@ -72,10 +72,18 @@ def comparison_rows(report: dict) -> list[tuple[str, ...]]:
             return ""
         return f"{(b / a if invert else a / b):.2f}x"
 
-    def row(label: str, get, show, invert: bool = False, suffix: str = "") -> tuple[str, ...]:
+    def speed(b: float | None, a: float | None) -> str:
+        if not ratio(b, a):
+            return ""
+        return f"{b / a:.2f}x faster" if b >= a else f"{a / b:.2f}x slower"  # type: ignore[operator]
+
+    def row(label: str, get, show, invert: bool = False, speedup: bool = False) -> tuple[str, ...]:
         values = [get(variants[n]) for n in names]
-        ratios = [ratio(get(variants[n]), get(after), invert) for n in others]
-        return (label, *(show(v) for v in values), *(r + (suffix if r else "") for r in ratios))
+        if speedup:
+            ratios = [speed(get(variants[n]), get(after)) for n in others]
+        else:
+            ratios = [ratio(get(variants[n]), get(after), invert) for n in others]
+        return (label, *(show(v) for v in values), *ratios)
 
     def acc(v: dict | None) -> float | None:
         return None if not v else v["top1"]
@@ -106,7 +114,7 @@ def comparison_rows(report: dict) -> list[tuple[str, ...]]:
             rows.append(row(f"{label} ms, {RUNTIME_LABEL.get(runtime, runtime)} {threads}T",
                             lambda v, f=fmt, t=threads, k=field: _latency(v, f, t, k),
                             lambda x: "–" if x is None else f"{x:.3f}", invert=True,
-                            suffix=" faster" if field == "p50_ms" else ""))
+                            speedup=field == "p50_ms"))
     return rows
 
 

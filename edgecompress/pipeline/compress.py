@@ -271,5 +271,5 @@ def _print_table(report: dict, out: Path) -> None:
     console = Console()
     console.print(table)
     for note in report["notes"]:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"bundle written to {out}/ (report.md, report.json, manifest.json)")

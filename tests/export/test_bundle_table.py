@@ -47,3 +47,6 @@ def test_a_baseline_variant_gets_its_own_column_and_ratio():
     md = render_markdown(report)
     assert "| metric | before | uniform | after | after vs before | after vs uniform |" in md
     assert "| p50 ms, LiteRT 1T | 2.000 | 1.250 | 1.000 | 2.00x faster | 1.25x faster |" in md
+    report["variants"]["uniform"]["artifacts"]["tflite"]["latency"][0]["p50_ms"] = 0.8
+    rows = {r[0]: r[1:] for r in comparison_rows(report)}
+    assert rows["p50 ms, LiteRT 1T"][-1] == "1.25x slower"  # never "0.80x faster"
