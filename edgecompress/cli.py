@@ -340,6 +340,41 @@ def search(model, arch, trust_model_file, input_size, num_classes, strategy, tar
 @cli.command()
 @click.argument("model")
 @model_options
+@click.option("--mode", required=True, help="int8-static, int8-dynamic, fp16 or qat.")
+@click.option("--calib-batches", default=8, show_default=True, type=int, help="Calibration batches of 32 training images.")
+@click.option("--method", default="minmax", show_default=True, help="Activation ranges: minmax, percentile or entropy (ONNX).")
+@click.option("--format", "formats", default="onnx,tflite", show_default=True, help="Comma-separated: onnx, tflite.")
+@click.option("--device", "device_spec", default="host", show_default=True, help="Where the int8 schemes are timed.")
+@click.option("--budget", default=0.005, show_default=True, type=float, help="Largest top-1 drop allowed (0.005 = 0.5 point).")
+@click.option("--scheme", default="auto", show_default=True, help="auto (the fastest measured within budget) or a scheme name.")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts for the latency measurements.")
+@click.option("--test-samples", default=None, type=int, help="Test images for the files' top-1 (default: all).")
+@click.option("--qat-epochs", default=1, show_default=True, type=int, help="Epochs of quantization-aware training (--mode qat).")
+@click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Dataset folder (else $EDGECOMPRESS_DATA or the Debian package's).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (fp32 + quantized files, quant.json).")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def quantize(model, arch, trust_model_file, input_size, num_classes, mode, calib_batches, method, formats, device_spec,
+             budget, scheme, threads, test_samples, qat_epochs, data_dir, seed, out, force) -> None:
+    """Quantize MODEL (int8 PTQ or QAT, fp16) to ONNX and TFLite; accuracy measured on the files, latency on the device."""
+    from edgecompress.fsutil import check_output_dir
+    from edgecompress.quantize.api import quantize_command
+
+    check_output_dir(out, force)  # fail before any expensive work
+    thread_list = _parse_threads(threads)
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
+    report = quantize_command(loaded, shape, mode=mode, calib_batches=calib_batches, out=out, device=device_spec,
+                              method=method, formats=tuple(f for f in formats.split(",") if f), data_dir=data_dir,
+                              budget=budget, scheme=scheme, test_samples=test_samples, force=force,
+                              qat_epochs=qat_epochs, threads=tuple(thread_list), seed=seed, progress=True)
+    for line in report["summary"]:
+        click.echo(line)
+    click.echo(f"written: {out}/quant.json and the model files")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
 @click.option("--recipe", "recipe_path", required=True, type=click.Path(path_type=Path), help="Recipe YAML.")
 @click.option("--device", "device_spec", default="host", show_default=True, help="Where latency is measured.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")

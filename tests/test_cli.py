@@ -168,3 +168,13 @@ def test_analyze_reports_channel_groups(tmp_path):
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["groups"] is None and doc["groups_error"] and doc["total"]["macs"] > 0
+
+
+def test_quantize_bad_input_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "q"
+    res = run("quantize", "zoo:resnet20", "--input-size", "1,28,28", "--mode", "int9", "--out", str(out))
+    assert_user_error(res, "mode 'int9' must be one of int8-static, int8-dynamic, fp16, qat")
+    res = run("quantize", "zoo:resnet20", "--input-size", "1,28,28", "--mode", "int8-static", "--calib-batches", "0",
+              "--out", str(out))
+    assert_user_error(res, "calib")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
