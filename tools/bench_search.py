@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (default 0.01)")
     p.add_argument("--train-limit", type=int, default=None, help="fine-tune on this many training images (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="test on this many images (default all 10k)")
+    p.add_argument("--formats", default="onnx,tflite", help="files of the final measurement (default onnx,tflite)")
     p.add_argument("--measure-threads", default="1,2", help="thread counts of the final measurement (default 1,2)")
     p.add_argument("--trials", type=int, default=None, help="interleaved trials of the final measurement (default 7)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per trial (default 200)")
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     args.strategies = [s for s in args.strategies.split(",") if s]
+    args.formats = [f for f in args.formats.split(",") if f]
+    if not args.formats or any(f not in ("onnx", "tflite") for f in args.formats):
+        p.error(f"--formats {args.formats}: choose from onnx, tflite")
     bad = [s for s in args.strategies if s not in STRATEGIES]
     if bad or not args.strategies:
         p.error(f"--strategies {bad or args.strategies}: choose from {', '.join(STRATEGIES)}")
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     # One interleaved measurement of every best candidate and the original.
     paths, example = {}, torch.zeros(1, *shape)
     for name, m in models.items():
-        for r in export_model(copy.deepcopy(m).eval(), example, out / "artifacts" / name, formats=("onnx", "tflite")):
+        for r in export_model(copy.deepcopy(m).eval(), example, out / "artifacts" / name, formats=tuple(args.formats)):
             paths[(name, r.format)] = Path(r.path)
     log(f"measuring {len(paths)} files x threads {args.measure_threads} x {args.trials} trials, {args.runs} runs each")
     measured = measure_interleaved(dev, list(paths.values()), args.measure_threads, runs=args.runs,
