@@ -24,13 +24,6 @@ U8, S8 = "qdq-u8s8-per-channel", "qdq-s8s8-per-channel"
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo" / "fmnist_mobilenetv2.pt"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class SmallNet(nn.Module):
     """Two convs, pooling and a linear `fc` (the layer the fake evaluator calls fragile)."""

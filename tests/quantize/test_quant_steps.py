@@ -21,13 +21,6 @@ from edgecompress.quantize.steps import PLAN_KEY, _check_order, _validate, plan_
 SHAPE = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _net() -> nn.Module:
     torch.manual_seed(0)

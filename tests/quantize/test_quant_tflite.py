@@ -20,13 +20,6 @@ from edgecompress.quantize.tflite_quant import is_quantized_tflite, quantize_tfl
 SHAPE = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class SmallNet(nn.Module):
     """Conv-BN-ReLU, depthwise conv, a residual add, 1x1 conv, pooling, linear: converts in ~2 s."""
