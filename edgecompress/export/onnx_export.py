@@ -156,6 +156,9 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int, dyn
             output_names=[OUTPUT_NAME],
             opset_version=opset,
             dynamo=True,
+            # Weights inside the .onnx, as the TorchScript exporter writes them: a side file
+            # would be named after this temporary file and lost when the file is moved.
+            external_data=False,
             dynamic_shapes=dynamic_shapes,
             verbose=False,
         )

@@ -241,7 +241,7 @@ def _export_fp32(model, fmt: str, shape: tuple[int, ...], images: torch.Tensor |
     parity = images[:8] if images is not None else None
     (result,) = export_model(model.eval(), torch.zeros(1, *shape), staging / "fp32", formats=[fmt],
                              basename="model_fp32", parity_inputs=parity)
-    return _embed_external_data(result.path) if fmt == "onnx" else result.path
+    return result.path
 
 
 def _agreement_evaluator(fp32_onnx: Path, images: torch.Tensor) -> Evaluate:
@@ -423,9 +423,6 @@ def export_qat_files(qat_model, out_dir: str | Path, *, input_shape: Sequence[in
         entries = {}
         for fmt in formats:
             artifact = exporters[fmt](qat_model, example, staging / f"{basename}.{fmt}")
-            if fmt == "onnx":
-                _embed_external_data(artifact.path)
-                artifact = dataclasses.replace(artifact, size_bytes=artifact.path.stat().st_size)
             choice = {"requested": "auto", "chosen": artifact.scheme, "measured": None,
                       "reason": "quantization-aware training: the file carries the ranges learned while training"}
             entries[fmt] = _entry(artifact, None, scheme_choice=choice, accuracy=None)
@@ -438,21 +435,6 @@ def export_qat_files(qat_model, out_dir: str | Path, *, input_shape: Sequence[in
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-
-def _embed_external_data(path: Path) -> Path:
-    """Rewrite the ONNX file at `path` with any external tensor data embedded; returns `path`.
-
-    torch's dynamo exporter (export_onnx's fallback, and the QAT graph's path) writes
-    weights to a side file named after export_onnx's temporary file: moved alone, the
-    .onnx would lose them.
-    """
-    import onnx
-
-    from edgecompress.fsutil import atomic_write_bytes
-
-    model = onnx.load(str(path))  # reads any side file from the same folder
-    atomic_write_bytes(path, model.SerializeToString())
-    return path
 
 
 def apply_plan(plan: dict[str, Any], model: torch.nn.Module | None, fp32: dict[str, str | Path], out_dir: str | Path, *,

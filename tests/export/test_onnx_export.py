@@ -83,6 +83,10 @@ def test_op_without_torchscript_symbolic_falls_back_to_dynamo(tmp_path):
     result = check_parity(model, path, torch.randn(8, 3, 16, 16))
     assert result.passed, result.summary()
     assert result.max_abs_diff < 1e-3
+    # One self-contained file (weights inside, no side file): it still runs after a move.
+    assert [p.name for p in tmp_path.iterdir()] == ["fft.onnx"]
+    moved = path.rename(tmp_path.parent / f"{tmp_path.name}-moved.onnx")
+    assert check_parity(model, moved, torch.randn(8, 3, 16, 16)).passed
 
 
 def test_data_dependent_branch_warns(tmp_path, nets):
