@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +39,7 @@ from edgecompress.errors import UserError, suggest
 from edgecompress.fsutil import atomic_write_bytes, atomic_write_json
 from edgecompress.search.reward import Outcome, Reward, make_reward
 from edgecompress.search.space import Constraint, LinearLatencyModel, Policy, SearchSpace
+from edgecompress.train.seed import rng_states, set_rng_states
 
 FORMAT = "edgecompress.search/1"
 #: the reward of a candidate measured over a hard budget (the error reward's value at accuracy 0)
@@ -152,20 +151,6 @@ def _latency_hit(source: Any) -> bool | None:
     return None
 
 
-def _rng_states() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                      "pos": int(np_state["state"]["pos"]),
-                      "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])}}
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    n = states["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
@@ -271,7 +256,7 @@ def run_search(
         strat.load_state_dict(saved["strategy"])
         if saved.get("latency_model") is not None:
             latency_model = LinearLatencyModel.from_dict(space, saved["latency_model"])
-        _set_rng_states(saved["rng"])
+        set_rng_states(saved["rng"])
     elif state_path is not None and state_path.exists():
         raise UserError(f"{str(out)!r} already holds a search ({STATE_FILE}); pass resume=True to continue it "
                         "or choose another out_dir")
@@ -300,7 +285,7 @@ def run_search(
         if out is None:
             return
         best = _best(log, rew, meta)
-        state = {"meta": meta, "log": log, "strategy": strat.state_dict(), "rng": _rng_states(),
+        state = {"meta": meta, "log": log, "strategy": strat.state_dict(), "rng": rng_states(),
                  "latency_model": latency_model.to_dict() if latency_model is not None else None}
         _save_state(state_path, state)  # type: ignore[arg-type]
         atomic_write_json(out / LOG_FILE, {"meta": meta, "best": best, "episodes": log})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import random
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from edgecompress.train.config import TrainConfig
 from edgecompress.train.evaluate import EvalResult, run_evaluation
 from edgecompress.train.hooks import TrainHook
 from edgecompress.train.progress import ProgressMode, TrainReporter
-from edgecompress.train.seed import seed_everything
+from edgecompress.train.seed import rng_states, seed_everything, set_rng_states
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "edgecompress.train-checkpoint/1"
@@ -313,25 +312,6 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _rng_states(generator: torch.Generator | None) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # numpy's key array as a list keeps the file loadable with weights_only=True.
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "loader": generator.get_state() if generator is not None else None,
-    }
-
-
-def _set_rng_states(states: dict[str, Any], generator: torch.Generator | None) -> None:
-    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(states["torch"])
-    if generator is not None and states["loader"] is not None:
-        generator.set_state(states["loader"])
-
 
 def _save_checkpoint(
     path: Path,
@@ -352,7 +332,7 @@ def _save_checkpoint(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_states(generator),
+        "rng": rng_states(generator),
         "history": [asdict(r) for r in state.records or ()],
         "best_top1": state.best_top1,
         "best_epoch": state.best_epoch,
@@ -404,7 +384,7 @@ def _load_checkpoint(
         hook.load_state_dict(hook_state)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    _set_rng_states(payload["rng"], generator)
+    set_rng_states(payload["rng"], generator)
     return _State(
         epoch=payload["epoch"],
         records=[EpochRecord(**r) for r in payload["history"]],

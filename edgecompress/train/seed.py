@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,3 +31,27 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = False
         # Needed by cuBLAS for deterministic matmuls; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def rng_states(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The global RNG states (python, numpy, torch) and `generator`'s, for a checkpoint.
+
+    Plain lists and tensors only, so the checkpoint loads with torch.load(weights_only=True).
+    """
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "loader": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_rng_states(states: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what `rng_states` saved (and `generator`'s state, when both exist)."""
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if generator is not None and states["loader"] is not None:
+        generator.set_state(states["loader"])
