@@ -16,6 +16,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of `exc`'s message (cut to `limit` characters), or its type name if empty."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for the closest matches of `name`, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompress.errors import UserError
+from edgecompress.errors import UserError, first_line
 from edgecompress.export.conversion import native_output_silenced
 
 # Distribution names on PyPI (what `pip install` takes), reported under import-style keys.
@@ -81,7 +81,7 @@ def open_onnx(path: str | os.PathLike, threads: int = 1) -> Runner:
     try:
         session = ort.InferenceSession(str(_existing(path)), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types, not importable portably
-        raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {_first_line(e)}; re-export the model") from e
+        raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {first_line(e)}; re-export the model") from e
     (inp,) = _single(session.get_inputs(), "input", path)
     _single(session.get_outputs(), "output", path)
     fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -103,7 +103,7 @@ def open_tflite(path: str | os.PathLike, threads: int = 1) -> Runner:
     try:
         interpreter = interpreter_cls(model_path=str(_existing(path)), num_threads=threads)
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"LiteRT cannot load {str(path)!r}: {_first_line(e)}; re-export the model") from e
+        raise UserError(f"LiteRT cannot load {str(path)!r}: {first_line(e)}; re-export the model") from e
     (inp,) = _single(interpreter.get_input_details(), "input", path)
     (out,) = _single(interpreter.get_output_details(), "output", path)
     signature = [int(d) for d in inp.get("shape_signature", inp["shape"])]
@@ -216,8 +216,3 @@ def _existing(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise UserError(f"model file {str(p)!r} does not exist; check the path")
     return p
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

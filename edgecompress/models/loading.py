@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecompress.errors import UserError, suggest
+from edgecompress.errors import UserError, first_line, suggest
 from edgecompress.fsutil import atomic_write_bytes
 from edgecompress.models.registry import create_model
 
@@ -212,7 +212,7 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, build_kwarg
                 warnings.simplefilter("ignore", FutureWarning)
                 model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise UserError(f"cannot load TorchScript file {spec!r}: {_first_line(e)}") from e
+            raise UserError(f"cannot load TorchScript file {spec!r}: {first_line(e)}") from e
         return _finish(model, spec, _describe_shape(model, None, in_channels, input_size), None)
 
     obj = _torch_load(path, spec, trust)
@@ -245,14 +245,14 @@ def _torch_load(path: Path, spec: str, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = _first_line(e)
+        reason = first_line(e)
     is_zip = zipfile.is_zipfile(path)
     unsafe: list[str] = []
     if is_zip:
         try:  # lists the classes/functions the pickle would import, without unpickling it
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception as e:
-            raise UserError(f"model file {spec!r} is corrupt or not a PyTorch file: {_first_line(e)}") from e
+            raise UserError(f"model file {spec!r} is corrupt or not a PyTorch file: {first_line(e)}") from e
         if not unsafe:
             raise UserError(f"model file {spec!r} is corrupt: {reason}")
     elif not _starts_with(path, b"\x80"):  # neither a zip archive nor a (legacy) pickle
@@ -268,7 +268,7 @@ def _torch_load(path: Path, spec: str, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        reason = f"{type(e).__name__}: {_first_line(e)}"
+        reason = f"{type(e).__name__}: {first_line(e)}"
         raise UserError(f"cannot load {spec!r} even with --trust-model-file: {reason}") from e
 
 
@@ -469,8 +469,3 @@ def _check_plain(field: str, value: Any) -> None:
 def _starts_with(path: Path, prefix: bytes) -> bool:
     with open(path, "rb") as f:
         return f.read(len(prefix)) == prefix
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

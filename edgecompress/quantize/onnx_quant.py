@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompress.errors import UserError, suggest
+from edgecompress.errors import UserError, first_line, suggest
 from edgecompress.fsutil import atomic_write_bytes
 from edgecompress.quantize.base import CALIBRATION_METHODS, QuantizedArtifact, check_calibration
 
@@ -123,7 +123,7 @@ def _load(path: str | Path):
     try:
         return onnx.load(str(p))
     except Exception as e:  # onnx raises DecodeError and friends, not one public type
-        raise UserError(f"{str(p)!r} is not a readable ONNX file ({_first_line(e)}); export the model again") from e
+        raise UserError(f"{str(p)!r} is not a readable ONNX file ({first_line(e)}); export the model again") from e
 
 
 def _quantized_ops(model) -> list[str]:
@@ -144,10 +144,6 @@ def _check_output(out: str | Path) -> Path:
         raise UserError(f"output {str(out)!r} must end in .onnx (runtimes are chosen by suffix)")
     return out
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -187,10 +183,10 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
         try:
             with _ort_quiet():
                 quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-            return [f"onnxruntime pre-processing ran without symbolic shape inference ({_first_line(first)})"]
+            return [f"onnxruntime pre-processing ran without symbolic shape inference ({first_line(first)})"]
         except Exception as second:
             shutil.copyfile(src, dst)
-            return [f"onnxruntime pre-processing failed ({_first_line(second)}); quantized the file as exported"]
+            return [f"onnxruntime pre-processing failed ({first_line(second)}); quantized the file as exported"]
 
 
 # --------------------------------------------------------------------------- analysis of outputs

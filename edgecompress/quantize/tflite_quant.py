@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress.errors import UserError, suggest
+from edgecompress.errors import UserError, first_line, suggest
 from edgecompress.fsutil import atomic_write_bytes
 from edgecompress.quantize.base import CALIBRATION_METHODS, MODES, QuantizedArtifact, check_calibration
 
@@ -187,7 +187,7 @@ def tflite_op_types(model: str | os.PathLike | bytes) -> list[TfliteOp]:
         with _quiet():
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"LiteRT cannot prepare the quantized model: {_first_line(e)}; report this with the model") from e
+        raise UserError(f"LiteRT cannot prepare the quantized model: {first_line(e, 300)}; report this with the model") from e
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # the only public-enough way to list ops without TensorFlow
     producer = {o: op for op in ops for o in op["outputs"]}
@@ -413,7 +413,7 @@ def _calibrate(fp32: bytes, recipe: list, samples: list[dict[str, np.ndarray]]) 
             cal = calibrator.Calibrator(fp32, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
             cal.calibrate({key: samples}, manager)
         except Exception as e:  # AEQ raises plain ValueError/RuntimeError
-            raise UserError(f"calibrating the fp32 TFLite model failed: {_first_line(e)}; check the calibration images") from e
+            raise UserError(f"calibrating the fp32 TFLite model failed: {first_line(e, 300)}; check the calibration images") from e
     return cal.get_model_qsvs()
 
 
@@ -463,7 +463,7 @@ def _run_quantizer(fp32: bytes, recipe: list, qsvs: dict[str, Any] | None, mode:
             q = quantizer.Quantizer(bytearray(fp32), recipe)
             result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
         except Exception as e:  # AEQ raises plain ValueError/RuntimeError naming the op when it can
-            raise UserError(f"ai-edge-quantizer could not quantize the model to {mode}: {_first_line(e)}; "
+            raise UserError(f"ai-edge-quantizer could not quantize the model to {mode}: {first_line(e, 300)}; "
                             "exclude the named layer (exclude=[...]) or use another mode") from e
     return bytes(result.quantized_model)
 
@@ -538,9 +538,4 @@ def _interpreter(model: str | os.PathLike | bytes, *, preserve_all_tensors: bool
                                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     except (ValueError, RuntimeError) as e:
         where = source.get("model_path", "the converted model")
-        raise UserError(f"LiteRT cannot load {where!r}: {_first_line(e)}; re-export the model") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+        raise UserError(f"LiteRT cannot load {where!r}: {first_line(e, 300)}; re-export the model") from e
