@@ -124,19 +124,11 @@ def subset(ds: Any, n: int | None, seed: int) -> Any:
 
 
 def search_summary(result: Any, space: Any, seconds: float) -> dict[str, Any]:
-    hits = [r.get("latency_cache_hit") for r in result.log]
-    best = result.best or {}
-    return {
-        "episodes": len(result.log), "stopped_early": result.stopped_early,
-        "search_seconds": round(seconds, 1),
-        "episode_seconds": round(sum(r["wall_s"] for r in result.log), 1),
-        "latency_cache": {"hits": hits.count(True), "misses": hits.count(False), "reused": sum(r["reused"] for r in result.log)},
-        "latency_probe_seconds": result.meta.get("latency_probe_s"),
-        "best": {k: best.get(k) for k in ("episode", "reward", "accuracy", "latency_ms", "macs", "params", "widths")},
-        "policy": result.best_policy.to_dict() if result.best_policy else None,
-        "macs_ratio": best["macs"] / space.total_macs if best else None,
-        "files": result.files, "notes": result.meta.get("notes", []),
-    }
+    """The search's own summary (best candidate, latency-cache counts, wall_s: the candidates'
+    time) plus this run's wall time, the latency model's probe time, files and notes."""
+    return {**result.summary(space.total_macs), "search_seconds": round(seconds, 1),
+            "latency_probe_seconds": result.meta.get("latency_probe_s"), "files": result.files,
+            "notes": result.meta.get("notes", [])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +268,7 @@ def judge(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
                                f"(speed-up {base / lat['amc']:.2f}x vs {base / lat['amc_macs']:.2f}x); test top-1 "
                                f"{acc['amc']:.2%} vs {acc['amc_macs']:.2%}" if base else ""})
     for name, s in report["searches"].items():
-        seconds = max(s["search_seconds"], s["episode_seconds"])  # a resumed search: its candidates' own time
+        seconds = max(s["search_seconds"], s["wall_s"])  # a resumed search: its candidates' own time
         out.append({"target": f"search {name} within 30 minutes on this host", "met": seconds < 1800,
                     "figures": f"{seconds:.0f} s over {s['episodes']} candidates "
                                f"(of which {s.get('latency_probe_seconds') or 0:.0f} s fitting the latency model) "
@@ -322,7 +314,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lt, ort = _p50(report, name, "litert:1"), _p50(report, name, "onnxruntime:1")
         search_lat = "–" if b.get("latency_ms") is None else f"{b['latency_ms']:.4f}"
         lines.append(
-            f"| {name} | `{r['budget']}` | {r['episodes']} | {max(r['search_seconds'], r['episode_seconds']):.0f} | "
+            f"| {name} | `{r['budget']}` | {r['episodes']} | {max(r['search_seconds'], r['wall_s']):.0f} | "
             f"{r['latency_cache']['misses']} / {r['latency_cache']['hits']} | "
             f"{'–' if b.get('accuracy') is None else format(b['accuracy'], '.2%')} | "
             f"{'–' if ft.get('test_top1') is None else format(ft['test_top1'], '.2%')} | "

@@ -133,6 +133,18 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
     return _from_mapping(data, path)
 
 
+def preferred_round_to(device: object) -> int | None:
+    """The channel multiple `device`'s runtimes are fast at: its profile's `round_to`, or, for
+    "auto" or a device without a profile, the device's own answer (`device.round_to()`);
+    None when neither says."""
+    name = getattr(device, "name", None)
+    value = load_profile(name).round_to if name in list_profiles() else "auto"
+    if value == "auto":
+        ask = getattr(device, "round_to", None)
+        return ask() if callable(ask) else None
+    return value
+
+
 def _from_mapping(data: dict, path: Path) -> DeviceProfile:
     fields = [f.name for f in dataclasses.fields(DeviceProfile) if f.name != "path"]
     for key in data:

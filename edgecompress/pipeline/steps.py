@@ -62,15 +62,10 @@ class StepContext:
         return self.work_dir / (f"{step}-{count[step]}" + (f"-{key}" if key else ""))
 
     def round_to(self) -> int | None:
-        """The channel multiple the device profile says its runtimes like ("auto": ask the device); None: unknown."""
-        from edgecompress.devices.profiles import list_profiles, load_profile
+        """The channel multiple the device's profile says its runtimes like (`preferred_round_to`); None: unknown."""
+        from edgecompress.devices.profiles import preferred_round_to
 
-        name = getattr(self.device, "name", None)
-        value = load_profile(name).round_to if name in list_profiles() else "auto"
-        if value == "auto":
-            ask = getattr(self.device, "round_to", None)
-            return ask() if callable(ask) else None
-        return value
+        return preferred_round_to(self.device)
 
     def loader(self, split: str, batch_size: int, shuffle: bool, n: int | None = None):
         """A DataLoader over `split` (train/val/test; None if the split is empty), `n` images drawn with the seed."""

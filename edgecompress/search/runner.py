@@ -130,6 +130,25 @@ class SearchResult:
     stopped_early: bool = False
     files: dict[str, str] = field(default_factory=dict)
 
+    def latency_cache_counts(self) -> dict[str, int]:
+        """Candidates timed on the device (misses), served by the latency cache (hits), and
+        scored again from this search's own log (reused: a policy it had already evaluated)."""
+        hits = [r.get("latency_cache_hit") for r in self.log]
+        return {"hits": hits.count(True), "misses": hits.count(False),
+                "reused": sum(bool(r.get("reused")) for r in self.log)}
+
+    def summary(self, total_macs: float) -> dict[str, Any]:
+        """The best candidate and the cost of the search, for reports (`total_macs`: the unpruned model's)."""
+        best = self.best or {}
+        return {
+            "episodes": len(self.log), "stopped_early": self.stopped_early,
+            "best": {k: best.get(k) for k in ("episode", "reward", "accuracy", "latency_ms", "macs", "params", "widths")},
+            "best_policy": self.best_policy.to_dict() if self.best_policy else None,
+            "macs_ratio": best["macs"] / total_macs if best else None,
+            "latency_cache": self.latency_cache_counts(),
+            "wall_s": round(sum(r.get("wall_s", 0.0) for r in self.log), 3),
+        }
+
 
 def _parse_budget(budget: Any) -> Any:
     from edgecompress.prune.structured import Target

@@ -38,7 +38,6 @@ from torch import nn
 
 from edgecompress.pipeline.steps import StepContext, register_recipe_check, register_step
 
-LATENCY_KINDS = ("measured", "predictor", "macs")
 RUNTIMES = ("litert", "onnxruntime")
 DEFAULTS: dict[str, Any] = {
     "strategy": "amc", "episodes": 40, "reward": "error", "latency": "measured", "runtime": "litert", "threads": 1,
@@ -56,6 +55,7 @@ def search_params(params: dict) -> dict[str, Any]:
     """The step's parameters with defaults filled in; ValueError naming the first bad one."""
     from edgecompress.errors import UserError, check_keys
     from edgecompress.prune.structured import Target
+    from edgecompress.search.api import check_latency_kind
     from edgecompress.search.reward import list_rewards
     from edgecompress.search.runner import list_strategies
 
@@ -77,12 +77,7 @@ def search_params(params: dict) -> dict[str, Any]:
     _positive_int("runs", p["runs"])
     _positive_int("val_samples", p["val_samples"])
     _positive_int("bn_batches", p["bn_batches"], 0)
-    if p["latency"] not in LATENCY_KINDS:
-        raise ValueError(f"latency {p['latency']!r} must be one of {', '.join(LATENCY_KINDS)}")
-    if p["latency"] == "predictor" and not p["predictor"]:
-        raise ValueError("latency: predictor needs predictor: PATH (a predictor.json fitted on the device)")
-    if p["latency"] == "macs" and str(p.get("target", "")).startswith("latency"):
-        raise ValueError(f"target {p['target']!r} is a latency: use latency: measured or predictor")
+    check_latency_kind(p["latency"], p["predictor"], p.get("target"), option="latency:", predictor_option="predictor:")
     if p["runtime"] not in RUNTIMES:
         raise ValueError(f"runtime {p['runtime']!r} must be one of {', '.join(RUNTIMES)}")
     if not isinstance(p["compare_uniform"], bool):
@@ -115,36 +110,13 @@ def _check_order(steps: list[tuple[str, dict]]) -> None:
         raise ValueError(f"steps[{last}] search: nothing uses its result; add `- prune: {{policy: search}}` after it")
 
 
-def _latency_source(p: dict[str, Any], ctx: StepContext):
-    from edgecompress.latency.cache import LatencyCache
-    from edgecompress.latency.source import MeasuredLatency, make_latency_source
-
-    if p["latency"] == "macs":
-        return None
-    if p["latency"] == "predictor":
-        return make_latency_source("predictor", predictor=p["predictor"], device=ctx.device)
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    return MeasuredLatency(ctx.device, p["runtime"], p["threads"], runs=p["runs"], cache=LatencyCache(),
-                           work_dir=ctx.work_dir)
-
-
-def _summary(result, space) -> dict[str, Any]:
-    hits = [r.get("latency_cache_hit") for r in result.log if r.get("latency_cache_hit") is not None]
-    best = result.best or {}
-    return {
-        "episodes": len(result.log), "stopped_early": result.stopped_early,
-        "best": {k: best.get(k) for k in ("episode", "reward", "accuracy", "latency_ms", "macs", "params", "widths")},
-        "best_policy": result.best_policy.to_dict() if result.best_policy else None,
-        "macs_ratio": best["macs"] / space.total_macs if best else None,
-        "latency_cache": {"hits": sum(1 for h in hits if h), "misses": sum(1 for h in hits if h is False)},
-        "wall_s": round(sum(r.get("wall_s", 0.0) for r in result.log), 3),
-    }
 
 
 @register_step("search", validate=_validate)
 def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
     """Search a keep ratio per group (the model is unchanged; `prune: {policy: search}` applies it)."""
     from edgecompress.errors import UserError
+    from edgecompress.search.api import search_latency
     from edgecompress.search.reward import Evaluator
     from edgecompress.search.runner import STATE_FILE, run_search
     from edgecompress.search.space import SearchSpace
@@ -155,7 +127,10 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
     space = SearchSpace.from_model(model.eval(), tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
     evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
                          seed=ctx.seed)
-    source = _latency_source(p, ctx)
+    if p["latency"] == "measured":
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    source = search_latency(p["latency"], ctx.device, p["runtime"], p["threads"], runs=p["runs"],
+                            predictor=p["predictor"], work_dir=ctx.work_dir)
     # Settings and model go into the checkpoint dir's name: a re-run with the same ones resumes.
     key = hashlib.sha256(json.dumps([p, space.signature(), ctx.seed, getattr(ctx.device, "name", None)],
                                     sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -176,7 +151,7 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
         raise UserError(f"search: none of the {len(result.log)} candidates met {target!r}; raise episodes or the budget")
     record = {"params": p, "space": {"groups": len(space), "signature": space.signature(), "round_to": space.round_to},
               "meta": {k: v for k, v in result.meta.items() if k not in ("space",)},
-              "searched": {"strategy": p["strategy"], **_summary(result, space),
+              "searched": {"strategy": p["strategy"], **result.summary(space.total_macs),
                            "seconds": round(time.perf_counter() - t0, 1)}}
     ctx.policy, ctx.search_space = result.best_policy, space
     _keep_files(ctx, p["strategy"], result)
@@ -186,7 +161,7 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
         uniform = run("uniform", out / "uniform", {})
         if uniform.best_policy is None:
             raise UserError(f"search: the uniform baseline found no ratio within {target!r}")
-        record["uniform"] = {"strategy": "uniform", **_summary(uniform, space), "seconds": round(time.perf_counter() - t0, 1)}
+        record["uniform"] = {"strategy": "uniform", **uniform.summary(space.total_macs), "seconds": round(time.perf_counter() - t0, 1)}
         ctx.forks["uniform"] = uniform.best_policy
         _keep_files(ctx, "uniform", uniform)
         line += "; " + _line("uniform", record["uniform"], space)

@@ -68,3 +68,16 @@ def test_importing_devices_does_not_import_runtimes():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_preferred_round_to_reads_the_profile_then_asks_the_device() -> None:
+    from types import SimpleNamespace
+
+    from edgecompress.devices.local import host_round_to
+    from edgecompress.devices.profiles import preferred_round_to
+
+    assert preferred_round_to(get_device("host")) == host_round_to()  # host.yaml: auto
+    asks_16 = SimpleNamespace(name="pixel-7", round_to=lambda: 16)
+    assert preferred_round_to(asks_16) == 8  # the profile wins over the device's own answer
+    assert preferred_round_to(SimpleNamespace(name="adb:X1", round_to=lambda: 4)) == 4  # no profile: ask it
+    assert preferred_round_to(SimpleNamespace(name="adb:X1")) is None  # neither says
