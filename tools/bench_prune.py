@@ -40,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgecompress.versions import installed_version
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "out" / "bench_prune"
 #: short name -> model spec for load_model; any zoo:/torchvision: spec is accepted too
@@ -137,7 +139,7 @@ def import_torch_pruning() -> Any:
         import torch_pruning as tp
     except ImportError:
         raise UserError("torch-pruning is not installed; run `make install` or pip install -e '.[bench]'") from None
-    installed = _version("torch-pruning")
+    installed = installed_version("torch-pruning")
     if installed != TP_VERSION:
         log(f"warning: torch-pruning {installed} is installed; this benchmark was written for {TP_VERSION}")
     return tp
@@ -152,23 +154,18 @@ def versions(tp: Any) -> dict[str, str | None]:
         "python": platform.python_version(),
         "edgecompress": edgecompress.__version__,
         "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
+        "torchvision": installed_version("torchvision"),
         # The distribution's version: torch_pruning.__version__ of 1.6.1 still says 1.6.0.
-        "torch-pruning": _version("torch-pruning"),
+        "torch-pruning": installed_version("torch-pruning"),
         "torch_pruning.__version__": getattr(tp, "__version__", None),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
-        "onnxscript": _version("onnxscript"),
-        "litert-torch": _version("litert-torch"),
-        "ai-edge-litert": _version("ai-edge-litert"),
-        "numpy": _version("numpy"),
+        "onnx": installed_version("onnx"),
+        "onnxruntime": installed_version("onnxruntime"),
+        "onnxscript": installed_version("onnxscript"),
+        "litert-torch": installed_version("litert-torch"),
+        "ai-edge-litert": installed_version("ai-edge-litert"),
+        "numpy": installed_version("numpy"),
     }
 
-
-def _version(dist: str) -> str | None:
-    from edgecompress.versions import installed_version
-
-    return installed_version(dist)
 
 
 # ---------------------------------------------------------------- pruning

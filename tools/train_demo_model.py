@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgecompress.versions import installed_version
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "models" / "demo" / "fmnist_mobilenetv2.pt"
 DEFAULT_WORK_DIR = REPO / "runs" / "demo_train"
@@ -125,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
+        "torchvision": installed_version("torchvision"),
         "edgecompress": edgecompress.__version__,
-        "numpy": _version("numpy"),
+        "numpy": installed_version("numpy"),
     }
     sidecar = {
         "file": out.name,
@@ -158,11 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-def _version(dist: str) -> str | None:
-    from edgecompress.versions import installed_version
-
-    return installed_version(dist)
 
 
 if __name__ == "__main__":
