@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,3 +29,13 @@ def load_tool(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread for a folder's tests (import it into that folder's conftest.py):
+    2 cores, shared, and conversions are single-threaded work anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

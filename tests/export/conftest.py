@@ -6,14 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # 2 cores shared by several engineers; conversions are single-threaded work anyway.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from support import one_torch_thread  # noqa: F401  (an autouse fixture: one torch thread)
 
 
 def _trained_like(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn.Module:
