@@ -22,6 +22,7 @@ alone it is a UserError; asked for both formats the ONNX entry is `{"skipped": w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -29,7 +30,7 @@ import platform
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +175,7 @@ def quantize_files(
             warnings.simplefilter("ignore", CalibrationWarning)
             images = check_calibration(calib, shape)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{basename}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with _staging(out_dir, basename) as staging:
         exported = [fmt for fmt, source in sources.items() if source is None]
         for fmt in exported:  # no fp32 file given: export one from the model (kept beside the quantized one)
             sources[fmt] = _export_fp32(model, fmt, shape, images, staging)
@@ -188,18 +187,31 @@ def quantize_files(
         if "tflite" in sources:
             entries["tflite"] = _quantize_tflite(sources["tflite"], images, staging / f"{basename}.tflite",
                                                  onnx_entry=entries.get("onnx"), **settings)
-        out_dir.mkdir(parents=True, exist_ok=True)
         for fmt, entry in entries.items():
-            keys = ("path", "fp32_file") if fmt in exported else ("path",)
-            for key in keys:
-                final = out_dir / Path(entry[key]).name
-                os.replace(entry[key], final)
-                entry[key] = str(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            _move_in(entry, ("path", "fp32_file") if fmt in exported else ("path",), out_dir)
     for fmt, why in skipped.items():
         entries[fmt] = {"format": fmt, "mode": mode, "skipped": why}
     return {fmt: entries[fmt] for fmt in formats}
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path, basename: str) -> Iterator[Path]:
+    """A scratch dir beside `out_dir` (same file system: moves are renames), removed on exit."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{basename}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(entry: dict[str, Any], keys: Sequence[str], out_dir: Path) -> None:
+    """Move the files `entry[key]` names into `out_dir` (only once every file is built) and point the entry at them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        final = out_dir / Path(entry[key]).name
+        os.replace(entry[key], final)
+        entry[key] = str(final)
 
 
 def _check_threads(threads: Sequence[int]) -> list[int]:
@@ -415,25 +427,17 @@ def export_qat_files(qat_model, out_dir: str | Path, *, input_shape: Sequence[in
 
     formats = _options(mode="qat", formats=formats)
     example = torch.zeros(1, *(int(s) for s in input_shape))
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{basename}.", suffix=".partial", dir=out_dir.parent))
     exporters = {"onnx": export_qat_onnx, "tflite": export_qat_tflite}
-    try:
+    with _staging(Path(out_dir), basename) as staging:
         entries = {}
         for fmt in formats:
             artifact = exporters[fmt](qat_model, example, staging / f"{basename}.{fmt}")
             choice = {"requested": "auto", "chosen": artifact.scheme, "measured": None,
                       "reason": "quantization-aware training: the file carries the ranges learned while training"}
             entries[fmt] = _entry(artifact, None, scheme_choice=choice, accuracy=None)
-        out_dir.mkdir(parents=True, exist_ok=True)
         for entry in entries.values():
-            final = out_dir / Path(entry["path"]).name
-            os.replace(entry["path"], final)
-            entry["path"] = str(final)
+            _move_in(entry, ("path",), Path(out_dir))
         return entries
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 
