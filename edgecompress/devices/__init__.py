@@ -36,12 +36,15 @@ def get_device(spec: str, adb: str | None = None) -> Device:
     if spec in profiles:
         profile = load_profile(spec)
         if profile.connection == "host":
-            return LocalDevice()
-        from edgecompress.devices.adb import AdbDevice
+            device = LocalDevice()
+        else:
+            from edgecompress.devices.adb import AdbDevice
 
-        return AdbDevice(profile.serial or _only_phone(adb), adb, cpu_mask=profile.cpu_mask, rounds=profile.rounds,
-                         cooldown_s=profile.cooldown_s, thermal_limit_c=profile.thermal_limit_c,
-                         max_cooldown_s=profile.max_cooldown_s, flags=profile.flags, binaries=profile.binaries)
+            device = AdbDevice(profile.serial or _only_phone(adb), adb, cpu_mask=profile.cpu_mask, rounds=profile.rounds,
+                               cooldown_s=profile.cooldown_s, thermal_limit_c=profile.thermal_limit_c,
+                               max_cooldown_s=profile.max_cooldown_s, flags=profile.flags, binaries=profile.binaries)
+        device.profile = profile  # what profiles.device_profile answers: round_to, the known int8 scheme
+        return device
     choices = ["host", *[p for p in profiles if p != "host"]]
     raise UserError(
         f"unknown device {spec!r}{suggest(spec, choices)}; valid: {', '.join(choices)}, or adb:SERIAL for a phone"

@@ -41,6 +41,10 @@ class DeviceProfile:
     max_cooldown_s: float = 120.0  # ... but no longer than this
     binaries: dict = field(default_factory=dict)  # runtime -> benchmark binary path on the device
     flags: dict = field(default_factory=dict)  # runtime -> list of extra known-good flags
+    # What int8 scheme is known to be fastest here: {onnx: an ONNX scheme name, tflite: a TFLite
+    # scheme name or "fp32" (int8 known to be slower), why: the source}. `quantize --scheme profile`
+    # takes the onnx answer without timing; the report quotes the tflite one as an expectation.
+    int8: dict = field(default_factory=dict)
     path: str = ""  # file it was loaded from
 
     def __post_init__(self) -> None:
@@ -80,11 +84,33 @@ class DeviceProfile:
             if unknown:
                 raise ValueError(f"{name} keys must be runtimes ({', '.join(RUNTIME_SUFFIX)}), got {unknown[0]!r}")
 
+        if self.int8:
+            _check_int8(self.int8)
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["runtimes"], data["threads"] = list(self.runtimes), list(self.threads)
         data.pop("path")
         return data
+
+
+INT8_KEYS = ("onnx", "tflite", "why")
+
+
+def _check_int8(int8: dict) -> None:
+    """ValueError naming the bad `int8` entry (scheme names are the quantizers' own)."""
+    from edgecompress.quantize.onnx_quant import STATIC_SCHEMES
+    from edgecompress.quantize.tflite_quant import SCHEMES as TFLITE_SCHEMES
+
+    unknown = [k for k in int8 if k not in INT8_KEYS]
+    if unknown:
+        raise ValueError(f"int8 keys must be {', '.join(INT8_KEYS)}, got {unknown[0]!r}")
+    allowed = {"onnx": tuple(STATIC_SCHEMES), "tflite": (*dict.fromkeys(TFLITE_SCHEMES.values()), "fp32")}
+    for key, names in allowed.items():
+        if key in int8 and int8[key] not in names:
+            raise ValueError(f"int8.{key} {int8[key]!r} must be one of {', '.join(names)}{suggest(str(int8[key]), names)}")
+    if not isinstance(int8.get("why", ""), str) or not int8.get("why"):
+        raise ValueError("int8.why must say where the answer comes from (a measurement on this device, or a publication)")
 
 
 def _is_int(value: object) -> bool:
@@ -133,12 +159,22 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
     return _from_mapping(data, path)
 
 
+def device_profile(device: object) -> DeviceProfile | None:
+    """The profile `device` was made from (`get_device(NAME)` records it), or the profile named like
+    the device (`host`); None for a device without one (`adb:SERIAL`)."""
+    profile = getattr(device, "profile", None)
+    if isinstance(profile, DeviceProfile):
+        return profile
+    name = getattr(device, "name", None)
+    return load_profile(name) if name in list_profiles() else None
+
+
 def preferred_round_to(device: object) -> int | None:
     """The channel multiple `device`'s runtimes are fast at: its profile's `round_to`, or, for
     "auto" or a device without a profile, the device's own answer (`device.round_to()`);
     None when neither says."""
-    name = getattr(device, "name", None)
-    value = load_profile(name).round_to if name in list_profiles() else "auto"
+    profile = device_profile(device)
+    value = profile.round_to if profile is not None else "auto"
     if value == "auto":
         ask = getattr(device, "round_to", None)
         return ask() if callable(ask) else None
@@ -162,7 +198,9 @@ def _from_mapping(data: dict, path: Path) -> DeviceProfile:
         if isinstance(kwargs[key], (str, int)):
             kwargs[key] = [kwargs[key]]
         kwargs[key] = tuple(kwargs[key] or ())
-    for key in ("binaries", "flags"):
+    for key in ("binaries", "flags", "int8"):
+        if not isinstance(kwargs.get(key) or {}, dict):
+            raise UserError(f"device profile {str(path)!r}: {key} must be a mapping, got {kwargs[key]!r}")
         kwargs[key] = dict(kwargs.get(key) or {})
     try:
         return DeviceProfile(**kwargs, path=str(path))

@@ -52,23 +52,40 @@ def _latency(variant: dict, fmt: str, threads: int, field: str) -> float | None:
     return None
 
 
+def comparison_pairs(report: dict) -> list[tuple[str, str]]:
+    """(variant, reference) pairs the table gives ratios for: after against every fp32 variant
+    (before, baselines such as uniform), and a quantized variant (int8, fp16) against before and
+    against the fp32 model it was made from (after), when that differs from before."""
+    variants = report["variants"]
+    quantized = [n for n, v in variants.items() if "quantized" in v]
+    floats = [n for n in variants if n not in quantized]
+    changed = any(s != "quantize" for s in report.get("steps_applied") or [])
+    pairs = [("after", n) for n in floats if n != "after"]
+    if quantized:  # the fp32 'after' equals 'before' when quantize is the only step: no ratio for it
+        pairs = pairs if changed else []
+    for q in quantized:
+        pairs += [(q, "before")] + ([(q, variants[q]["quantized"].get("from", "after"))] if changed else [])
+    return pairs
+
+
 def comparison_header(report: dict) -> list[str]:
     """Column names of the comparison table: the variants (before, any baseline such as
-    uniform, after) and the ratios of after against each of the others."""
-    names = list(report["variants"])
-    return ["metric", *names, *(f"after vs {n}" for n in names if n != "after")]
+    uniform, after, a quantized int8) and the ratios of `comparison_pairs`."""
+    return ["metric", *report["variants"], *(f"{a} vs {b}" for a, b in comparison_pairs(report))]
 
 
 def comparison_rows(report: dict) -> list[tuple[str, ...]]:
     """Rows of the comparison table, one cell per column of `comparison_header`."""
     variants = report["variants"]
     names = list(variants)
-    others = [n for n in names if n != "after"]
-    after = variants["after"]
-    compressed = bool(report.get("steps_applied"))
+    pairs = comparison_pairs(report)
+    changed = any(s != "quantize" for s in report.get("steps_applied") or [])
+
+    def same_model(a: str, b: str) -> bool:  # the same model twice: a ratio would say nothing
+        return not changed and "quantized" not in variants[a] and "quantized" not in variants[b]
 
     def ratio(b: float | None, a: float | None, invert: bool = False) -> str:
-        if not compressed or not b or not a:  # the same model twice: a ratio would say nothing
+        if not b or not a:
             return ""
         return f"{(b / a if invert else a / b):.2f}x"
 
@@ -79,11 +96,15 @@ def comparison_rows(report: dict) -> list[tuple[str, ...]]:
 
     def row(label: str, get, show, invert: bool = False, speedup: bool = False) -> tuple[str, ...]:
         values = [get(variants[n]) for n in names]
-        if speedup:
-            ratios = [speed(get(variants[n]), get(after)) for n in others]
-        else:
-            ratios = [ratio(get(variants[n]), get(after), invert) for n in others]
-        return (label, *(show(v) for v in values), *ratios)
+        cells = []
+        for a, b in pairs:
+            if same_model(a, b):
+                cells.append("")
+            elif speedup:
+                cells.append(speed(get(variants[b]), get(variants[a])))
+            else:
+                cells.append(ratio(get(variants[b]), get(variants[a]), invert))
+        return (label, *(show(v) for v in values), *cells)
 
     def acc(v: dict | None) -> float | None:
         return None if not v else v["top1"]
@@ -92,7 +113,7 @@ def comparison_rows(report: dict) -> list[tuple[str, ...]]:
         return "–" if v is None else f"{100 * v:.2f}%"
 
     def no_ratio(r: tuple[str, ...]) -> tuple[str, ...]:
-        return (*r[:1 + len(names)], *([""] * len(others)))
+        return (*r[:1 + len(names)], *([""] * len(pairs)))
 
     rows = [no_ratio(row("top-1, PyTorch", lambda v: acc(v.get("accuracy")), pct))]
     formats = sorted({fmt for v in variants.values() for fmt in v.get("artifacts", {})})
@@ -157,6 +178,7 @@ def render_markdown(report: dict) -> str:
                              f"{lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['mean_ms']:.3f} | {lat['std_ms']:.3f} | "
                              f"{lat['runs']} x {lat['trials']} |")
     lines += _step_sections(report.get("steps") or {})
+    lines += _quantized_sections(report["variants"])
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in sorted(report["versions"].items())]
@@ -214,6 +236,41 @@ def _step_sections(steps: dict[str, Any]) -> list[str]:
                 lines.append(f"| {e['epoch']} | {e['train_loss']:.4f} | {val} | {e['seconds']:.0f} |")
     for variant, records in steps.get("variants", {}).items():
         lines += [line.replace("## Step", f"## Variant {variant}: step") for line in _step_sections(records)]
+    return lines
+
+
+def _quantized_sections(variants: dict[str, Any]) -> list[str]:
+    """Per quantized file: the scheme and why, the candidates timed on the device, the layers left float."""
+    lines: list[str] = []
+    for vname, variant in variants.items():
+        if "quantized" not in variant:
+            continue
+        for fmt, art in variant.get("artifacts", {}).items():
+            q = art["quantization"]
+            choice = q["scheme_choice"]
+            cal = q.get("calibration") or {}
+            lines += ["", f"## Quantized {FORMAT_LABEL.get(fmt, fmt)} ({vname}): `{art['file']}`", "",
+                      f"Mode {q['mode']}, scheme **{q['scheme']}** (asked: {choice['requested']}): {choice['reason']}."]
+            if cal:
+                lines.append(f"Calibration: {cal.get('method', '?')} over {cal.get('images', '?')} training images.")
+            sel = q.get("accuracy")
+            if sel:
+                lines.append(f"Scored while choosing (validation images): fp32 {100 * sel['fp32']:.2f}%, quantized "
+                             f"{100 * sel['quantized']:.2f}%, drop {100 * sel['drop']:.2f} points (budget "
+                             f"{100 * sel['budget']:.2f}).")
+            measured = choice.get("measured")
+            if measured:
+                threads = sorted({t for c in measured["candidates"] for t in c["speedup"]}, key=int)
+                lines += ["", "| candidate | top-1 | drop (points) | " + " | ".join(f"speed-up {t}T" for t in threads)
+                          + " | within budget |", "|---|---:|---:|" + "---:|" * len(threads) + "---|"]
+                for c in measured["candidates"]:
+                    lines.append(f"| {c['scheme']} | {100 * c['accuracy']:.2f}% | {100 * c['drop']:.2f} | "
+                                 + " | ".join(f"{c['speedup'][t]:.2f}x" for t in threads)
+                                 + f" | {'yes' if c['within_budget'] else 'no'} |")
+            if q.get("float_layers"):
+                lines += ["", "| layer left float | why |", "|---|---|"]
+                lines += [f"| `{name}` | {why} |" for name, why in q["float_layers"].items()]
+            lines += [f"- note: {n}" for n in q.get("notes", [])]
     return lines
 
 

@@ -24,6 +24,11 @@ from edgecompress.errors import UserError
 from edgecompress.models.loading import LoadedModel
 from edgecompress.pipeline.recipe import Recipe
 from edgecompress.pipeline.steps import StepContext, get_step
+from edgecompress.quantize.steps import plan_from_records
+
+#: top-1 agreement an int8 file is held to against the float model on the parity images (informative: the
+#: file's accuracy over the evaluation split is what the report shows); max |diff| relative to the logit scale
+INT8_PARITY = {"atol": 0.1, "min_top1_agreement": 0.9}
 
 
 def _console():
@@ -93,6 +98,69 @@ def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, c
     return arts
 
 
+def _quantized_variant(plan: dict[str, Any], model, fp32_files: dict[str, dict], bundle: Path, shape, recipe: Recipe,
+                       splits, dev, loader, calib_inputs, console, notes: list[str]) -> dict[str, Any]:
+    """The quantize step's files (bundle/model_int8.<fmt>), each checked against the float model, evaluated as a
+    file and described (scheme, how it was chosen, layers left float); a report variant without latency yet."""
+    from edgecompress.export.artifact_eval import evaluate_artifact
+    from edgecompress.export.parity import check_parity
+    from edgecompress.prune.unstructured import gzip_size
+    from edgecompress.quantize.api import apply_plan, val_evaluator
+
+    label = "fp16" if plan["mode"] == "fp16" else "int8"
+    m = recipe.measure
+    evaluate = None
+    if splits.val is not None and len(splits.val):
+        evaluate = val_evaluator(splits.val, plan["val_samples"], recipe.seed)
+    else:
+        notes.append("quantize: the recipe has no validation split (val_size 0): the int8 scheme was judged by agreement "
+                     "with the fp32 file on the calibration images, and no layer was kept float for accuracy")
+    console.log(f"quantize: {plan['mode']} files from the exported fp32 files"
+                + (f", scheme {plan['scheme']} on {dev.name}" if plan["mode"] == "int8-static" else ""))
+    fp32 = {fmt: bundle / art["file"] for fmt, art in fp32_files.items()}
+    entries = apply_plan(plan, model, fp32, bundle, input_shape=shape, device=dev, evaluate=evaluate,
+                         threads=m.threads, runs=min(m.runs, 100), trials=m.trials, basename=f"model_{label}")
+    arts: dict[str, Any] = {}
+    for fmt, entry in entries.items():
+        if "skipped" in entry:
+            notes.append(f"quantize ({fmt}): no {label} file: {entry['skipped']}")
+            continue
+        path = Path(entry["path"])
+        parity = check_parity(model, path, calib_inputs, **INT8_PARITY)
+        art: dict[str, Any] = {"file": path.name, "size_bytes": path.stat().st_size, "gzip_bytes": gzip_size(path),
+                               "parity": parity.to_dict(), "export_seconds": entry["seconds"],
+                               "quantization": {k: v for k, v in entry.items() if k not in ("path", "fp32_file", "format")}}
+        if recipe.export.evaluate_artifacts:
+            console.log(f"evaluating {path.name} over {len(loader.dataset)} images")
+            art["accuracy"] = evaluate_artifact(path, loader, progress=console.is_terminal)
+        arts[fmt] = art
+        notes.extend(f"quantize ({fmt}): {n}" for n in entry["notes"])
+        expected = _profile_expectation(dev, fmt)
+        if expected:
+            notes.append(f"quantize ({fmt}): {expected}")
+    return {"accuracy": None, "quantized": {"mode": plan["mode"], "from": "after"}, "artifacts": arts}
+
+
+def _profile_expectation(dev, fmt: str) -> str | None:
+    """What the device's profile states about int8 speed in `fmt` (a stated expectation, not a measurement)."""
+    from edgecompress.devices.profiles import device_profile
+
+    profile = device_profile(dev)
+    stated = (profile.int8 if profile is not None else {}).get(fmt)
+    if not stated or fmt != "tflite":
+        return None
+    what = "fp32 to be faster than int8" if stated == "fp32" else f"{stated} to be the fastest"
+    return f"the device profile {profile.name!r} expects {what} on TFLite ({profile.int8['why']}); the latency rows measure it"
+
+
+def _baselines(variants: dict[str, dict]) -> dict[str, dict]:
+    return {k: v for k, v in variants.items() if "quantized" not in v}
+
+
+def _quantized(variants: dict[str, dict]) -> dict[str, dict]:
+    return {k: v for k, v in variants.items() if "quantized" in v}
+
+
 def run_compress(
     model: str | LoadedModel,
     recipe: Recipe,
@@ -160,7 +228,9 @@ def run_compress(
             for rel, src in ctx.artifacts.items():
                 (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, bundle / rel)
-        unchanged = not applied
+        # A quantize step leaves the float model as it is (its files come after the fp32 export).
+        unchanged = not [name for name in applied if name != "quantize"]
+        plan = plan_from_records(ctx.records) if recipe.steps else None
 
         console.log("exporting " + ", ".join(recipe.export.formats) + " with parity checks")
         variants: dict[str, dict[str, Any]] = {}  # forked variants, reported between before and after
@@ -180,13 +250,19 @@ def run_compress(
                     art["file"] = f"{fork}/{art['file']}"
             after = _profile_model(compressed, shape, loader, console)
             after["artifacts"] = _export_variant(compressed, shape, bundle, recipe, loader, calib_inputs, console)
+        if plan is not None:
+            label = "fp16" if plan["mode"] == "fp16" else "int8"
+            fp32_files = (before if unchanged else after)["artifacts"]
+            variants[label] = _quantized_variant(plan, compressed, fp32_files, bundle, shape, recipe, splits, dev, loader,
+                                                 calib_inputs, console, notes)
+            variants[label].update({k: (before if unchanged else after)[k] for k in ("params", "macs", "act_bytes")})
 
         m = recipe.measure
         paths = {}
-        ordered = {"before": before, **variants, "after": after}
+        ordered = {"before": before, **_baselines(variants), "after": after, **_quantized(variants)}
         for vname, variant in ordered.items():
             if vname == "after" and unchanged:
-                break
+                continue
             for fmt, art in variant["artifacts"].items():
                 paths[(vname, fmt)] = bundle / art["file"]
         console.log(f"measuring latency on {dev.name}: {len(paths)} files x threads {list(m.threads)} x {m.trials} trials, "
@@ -202,6 +278,7 @@ def run_compress(
             ]
         if unchanged:
             after = copy.deepcopy(before)
+            ordered["after"] = after
 
         if loaded.arch is not None:
             save_checkpoint(compressed, bundle / "model.pt", arch_spec=loaded.arch["spec"],
@@ -221,7 +298,7 @@ def run_compress(
             "dataset": {"name": recipe.data.dataset, "split": recipe.evaluate.split, "n": len(eval_ds)},
             "steps_applied": applied,
             "steps": step_records,
-            "variants": {"before": before, **variants, "after": after},
+            "variants": ordered,
             "versions": _versions(),
             "notes": notes,
         }

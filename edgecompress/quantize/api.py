@@ -80,9 +80,10 @@ def check_options(*, mode: str, method: str = "minmax", formats: Iterable[str] |
     if mode == "int8-static" and "tflite" in names and method not in TFLITE_METHODS:
         raise ValueError(f"method {method!r} is ONNX-only (onnxruntime's calibrator); for TFLite use "
                          f"{' or '.join(TFLITE_METHODS)}, or formats [onnx]")
-    allowed = {"int8-static": ("auto", *STATIC_SCHEMES), "int8-dynamic": ("auto", DYNAMIC_SCHEME)}.get(mode, ("auto",))
+    allowed = {"int8-static": ("auto", "profile", *STATIC_SCHEMES),
+               "int8-dynamic": ("auto", DYNAMIC_SCHEME)}.get(mode, ("auto",))
     if scheme not in allowed:
-        every = ("auto", *STATIC_SCHEMES, DYNAMIC_SCHEME)
+        every = ("auto", "profile", *STATIC_SCHEMES, DYNAMIC_SCHEME)
         hint = suggest(str(scheme), every) if scheme not in every else ""
         raise ValueError(f"scheme {scheme!r} does not fit mode {mode!r}{hint}; use {', '.join(allowed)}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= float(budget) < 1.0:
@@ -308,6 +309,9 @@ def _quantize_onnx(fp32: Path, images, out: Path, *, mode: str, method: str, bud
 
     notes: list[str] = []
     fp32_faster = None
+    stated = None
+    if scheme == "profile":
+        scheme, stated = profile_scheme(device)
     if scheme == "auto":
         artifact, choice, accuracy, fp32_faster, notes = _auto_scheme(
             fp32, images, out, method=method, budget=budget, input_shape=input_shape, evaluate=evaluate, device=device,
@@ -317,7 +321,8 @@ def _quantize_onnx(fp32: Path, images, out: Path, *, mode: str, method: str, bud
         activations, per_channel = STATIC_SCHEMES[scheme]
         artifact = quantize_onnx_static(fp32, images, out, input_shape=input_shape, method=method,
                                         activations=activations, per_channel=per_channel)
-        choice = {"requested": scheme, "chosen": scheme, "measured": None, "reason": "requested explicitly (not measured)"}
+        choice = {"requested": "profile" if stated else scheme, "chosen": scheme, "measured": None,
+                  "reason": stated or "requested explicitly (not measured)"}
         accuracy = _accuracy(evaluate(fp32), evaluate(out), budget, source) if evaluate else None
         chosen = scheme
     mixed = None
@@ -332,6 +337,24 @@ def _quantize_onnx(fp32: Path, images, out: Path, *, mode: str, method: str, bud
         accuracy = _accuracy(mixed["fp32_accuracy"], mixed["accuracy"], budget, source)
     return _entry(artifact, fp32, scheme_choice=choice, accuracy=accuracy, notes=notes, mixed=mixed,
                   fp32_faster=fp32_faster)
+
+
+def profile_scheme(device) -> tuple[str, str]:
+    """(ONNX scheme, reason) that `device`'s profile states (`int8: {onnx: ..., why: ...}`); UserError if it states none."""
+    from edgecompress.devices.profiles import device_profile
+    from edgecompress.quantize.onnx_quant import STATIC_SCHEMES
+
+    profile = device_profile(device) if device is not None else None
+    int8 = profile.int8 if profile is not None else {}
+    name = getattr(device, "name", "no device")
+    if static_scheme := int8.get("onnx"):
+        if static_scheme not in STATIC_SCHEMES:
+            raise UserError(f"scheme profile: {name}'s profile states {static_scheme!r} for ONNX, not a static int8 "
+                            "scheme; use scheme auto (measured on the device) or name one")
+        return static_scheme, f"stated by the device profile {profile.name!r} (not measured in this run): {int8['why']}"
+    where = f"the device profile {profile.name!r} ({profile.path})" if profile is not None else f"{name} (it has no profile)"
+    raise UserError(f"scheme profile: {where} states no int8 scheme for ONNX; add int8: {{onnx: SCHEME, why: ...}} to "
+                    "the profile, or use scheme auto to measure the candidates on the device")
 
 
 def _auto_scheme(fp32: Path, images, out: Path, *, method, budget, input_shape, evaluate, device, threads, runs, trials):
@@ -537,7 +560,7 @@ def quantize_command(
             qat = _qat_model(model, splits, calib, qat_epochs, work / "qat", seed, progress)
             entries = export_qat_files(qat, tmp, input_shape=shape, formats=todo, basename=basename)
         else:
-            evaluate = _val_evaluator(splits.val, val_samples, seed)
+            evaluate = val_evaluator(splits.val, val_samples, seed)
             entries = quantize_files(model, fp32, calib, tmp, input_shape=shape, mode=mode, method=method,
                                      formats=todo, device=dev, evaluate=evaluate, budget=budget, scheme=scheme,
                                      threads=threads, runs=runs, trials=trials, basename=basename)
@@ -562,8 +585,9 @@ def _qat_model(model, splits, calib, epochs: int, checkpoint_dir: Path, seed: in
                         example=calib[:1], checkpoint_dir=checkpoint_dir, progress=progress)
 
 
-def _val_evaluator(dataset, n: int, seed: int) -> Evaluate:
-    """top-1 of a file over `n` validation images held in memory (scheme choice, mixed precision)."""
+def val_evaluator(dataset, n: int, seed: int) -> Evaluate:
+    """top-1 of a file over `n` images of `dataset` (the validation split) held in memory: what the scheme
+    choice and mixed precision score with (the report's accuracy is on the test split, not this)."""
     from edgecompress.data.calibration import calibration_subset, make_loader
     from edgecompress.quantize.sensitivity import top1_evaluator
 

@@ -10,7 +10,9 @@ steps:
       calib_batches: 8         # x 32 training images
       formats: [onnx, tflite]  # default: the recipe's export formats
       budget: 0.005            # allowed top-1 drop; over it, the most sensitive layers stay float
-      scheme: auto             # ONNX: chosen by timing u8s8/s8s8 on the device, or a scheme name
+      scheme: auto             # ONNX: chosen by timing u8s8/s8s8 on the device, profile (the device
+                               # profile's stated answer, not measured), or a scheme name
+      val_samples: 2000        # validation images the scheme choice and mixed precision score with
       qat: {epochs: 1, lr: 3.0e-4, kd: {temperature: 4, alpha: 0.9}}   # mode qat only
 ```
 
@@ -22,6 +24,8 @@ quantized files. Mode qat fine-tunes a fake-quantized copy of the model here (KD
 the original model, resumable checkpoints in the step's work dir) and puts it in the
 plan; the model handed on stays the float one (its fp32 files are the comparison).
 Quantization is what gets exported, so `quantize` must be the last step, and appear once.
+Only the main track is quantized: a forked baseline (the search step's uniform variant)
+is compared in fp32, and its quantize step only says so.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from edgecompress.pipeline.steps import StepContext, register_recipe_check, regi
 
 PLAN_KEY = "_quantize"  # "_" keys of ctx.records stay out of report.json
 DEFAULTS: dict[str, Any] = {"mode": "int8-static", "method": "minmax", "calib_batches": 8, "formats": None,
-                            "budget": 0.005, "scheme": "auto", "qat": None}
+                            "budget": 0.005, "scheme": "auto", "val_samples": 2000, "qat": None}
 QAT_KEYS = ("epochs", "lr", "kd", "batch_size", "train_samples")
 
 
@@ -52,6 +56,9 @@ def quantize_params(params: dict) -> dict[str, Any]:
     checked = check_options(mode=p["mode"], method=p["method"], formats=formats if formats is not None else ("onnx", "tflite"),
                             scheme=p["scheme"], budget=p["budget"])
     p["formats"] = list(checked) if formats is not None else None
+    n = p["val_samples"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"val_samples = {n!r} must be a positive integer (validation images scoring the int8 files)")
     batches = p["calib_batches"]
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise ValueError(f"calib_batches = {batches!r} must be an integer >= 1 (batches of 32 training images; 4 or more advised)")
@@ -115,8 +122,11 @@ def quantize_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) ->
     from edgecompress.quantize.api import calibration_tensor
 
     p = quantize_params(params)
+    if ctx.variant != "after":
+        ctx.notes.append(f"quantize: the {ctx.variant} baseline is compared in fp32; only the main model is quantized")
+        return model
     calib = calibration_tensor(ctx.splits.train, p["calib_batches"], ctx.seed)
-    plan = {key: p[key] for key in ("mode", "method", "formats", "budget", "scheme", "calib_batches")}
+    plan = {key: p[key] for key in ("mode", "method", "formats", "budget", "scheme", "calib_batches", "val_samples")}
     plan.update(calibration=calib, qat_model=None, seed=ctx.seed)
     record: dict[str, Any] = {"params": {k: v for k, v in p.items() if v is not None}, "calibration_images": int(len(calib))}
     if p["mode"] == "qat":
