@@ -99,8 +99,7 @@ INT8_KEYS = ("onnx", "tflite", "why")
 
 def _check_int8(int8: dict) -> None:
     """ValueError naming the bad `int8` entry (scheme names are the quantizers' own)."""
-    from edgecompress.quantize.onnx_quant import STATIC_SCHEMES
-    from edgecompress.quantize.tflite_quant import SCHEMES as TFLITE_SCHEMES
+    from edgecompress.quantize.schemes import STATIC_SCHEMES, TFLITE_SCHEMES
 
     unknown = [k for k in int8 if k not in INT8_KEYS]
     if unknown:

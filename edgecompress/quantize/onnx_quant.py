@@ -32,15 +32,8 @@ import numpy as np
 from edgecompress.errors import UserError, first_line, suggest
 from edgecompress.fsutil import atomic_write_bytes
 from edgecompress.quantize.base import CALIBRATION_METHODS, QuantizedArtifact, check_calibration
+from edgecompress.quantize.schemes import DYNAMIC_SCHEME, STATIC_SCHEMES
 
-#: static schemes -> (activation type, per-channel weights)
-STATIC_SCHEMES: dict[str, tuple[str, bool]] = {
-    "qdq-u8s8-per-channel": ("u8", True),
-    "qdq-s8s8-per-channel": ("s8", True),
-    "qdq-u8s8-per-tensor": ("u8", False),
-    "qdq-s8s8-per-tensor": ("s8", False),
-}
-DYNAMIC_SCHEME = "dynamic-range-int8"
 ACTIVATION_TYPES = ("u8", "s8")
 #: nodes that hold weights and MACs: what "a layer" means for float_layers and sensitivity
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")

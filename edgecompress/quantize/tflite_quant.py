@@ -71,12 +71,13 @@ from torch import nn
 from edgecompress.errors import UserError, first_line, suggest
 from edgecompress.fsutil import atomic_write_bytes
 from edgecompress.quantize.base import CALIBRATION_METHODS, MODES, QuantizedArtifact, check_calibration
+from edgecompress.quantize.schemes import TFLITE_SCHEMES
 
 #: calibration methods this toolchain implements (a subset of base.CALIBRATION_METHODS)
 TFLITE_METHODS = ("minmax", "percentile")
 #: modes quantize_tflite does; "qat" goes through qat.export_qat_tflite
 TFLITE_MODES = ("int8-static", "int8-dynamic", "fp16")
-SCHEMES = {"int8-static": "full-int8", "int8-dynamic": "dynamic-range-int8", "fp16": "fp16"}
+SCHEMES = TFLITE_SCHEMES
 #: "percentile" keeps this share (%) of each tensor's calibration values inside its range, per tail
 PERCENTILE = 99.99
 _HIST_BINS = 2048

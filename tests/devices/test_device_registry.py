@@ -81,3 +81,39 @@ def test_preferred_round_to_reads_the_profile_then_asks_the_device() -> None:
     assert preferred_round_to(asks_16) == 8  # the profile wins over the device's own answer
     assert preferred_round_to(SimpleNamespace(name="adb:X1", round_to=lambda: 4)) == 4  # no profile: ask it
     assert preferred_round_to(SimpleNamespace(name="adb:X1")) is None  # neither says
+
+
+def test_profile_int8_answer_is_checked_and_kept_by_get_device(tmp_path, monkeypatch) -> None:
+    from edgecompress.devices.profiles import device_profile
+
+    base = "connection: host\nruntimes: [onnxruntime]\nthreads: [1]\n"
+    (tmp_path / "board.yaml").write_text(base + "int8: {onnx: qdq-u8s8-per-channel, tflite: fp32, why: measured}\n")
+    (tmp_path / "typo.yaml").write_text(base + "int8: {onnx: qdq-u8s8-per-chanel, why: measured}\n")
+    (tmp_path / "nowhy.yaml").write_text(base + "int8: {tflite: full-int8}\n")
+    (tmp_path / "dynamic.yaml").write_text(base + "int8: {onnx: dynamic-range-int8, why: x}\n")
+    (tmp_path / "list.yaml").write_text(base + "int8: [full-int8]\n")
+    monkeypatch.setenv("EDGECOMPRESS_PROFILES", str(tmp_path))
+    device = get_device("board")
+    assert device_profile(device).int8 == {"onnx": "qdq-u8s8-per-channel", "tflite": "fp32", "why": "measured"}
+    with pytest.raises(UserError, match=r"int8.onnx 'qdq-u8s8-per-chanel' must be one of .*\(did you mean qdq-u8s8-per-channel"):
+        load_profile("typo")
+    with pytest.raises(UserError, match=r"int8.why must say where the answer comes from"):
+        load_profile("nowhy")
+    with pytest.raises(UserError, match=r"int8.onnx 'dynamic-range-int8' must be one of qdq-u8s8-per-channel"):
+        load_profile("dynamic")
+    with pytest.raises(UserError, match=r"int8 must be a mapping, got \['full-int8'\]"):
+        load_profile("list")
+
+
+def test_phone_profiles_state_the_tflite_int8_answer_and_round_to_follows_the_profile() -> None:
+    from edgecompress.devices.profiles import DeviceProfile, preferred_round_to
+
+    for name in ("android-arm64-generic", "galaxy-s23", "pixel-4", "pixel-7"):
+        int8 = load_profile(name).int8
+        assert int8["tflite"] == "full-int8" and "dot-product" in int8["why"] and "onnx" not in int8
+    # A phone made from a profile is named adb:SERIAL; its profile still decides round_to.
+    from types import SimpleNamespace
+
+    phone = SimpleNamespace(name="adb:X1", round_to=lambda: 4,
+                            profile=DeviceProfile(name="p", connection="adb", runtimes=("litert",), threads=(1,), round_to=32))
+    assert preferred_round_to(phone) == 32

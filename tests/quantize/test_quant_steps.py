@@ -54,6 +54,8 @@ def _ctx(tmp_path: Path, model: nn.Module, seed: int = 0) -> StepContext:
     ({"mode": "fp16", "formats": ["onnx"]}, r"fp16 is TFLite-only"),
     ({"method": "entropy"}, r"'entropy' is ONNX-only .* or formats \[onnx\]"),
     ({"qat": {"epochs": 1}}, r"qat settings are for mode qat, not 'int8-static'"),
+    ({"val_samples": 0}, r"val_samples = 0 must be a positive integer"),
+    ({"mode": "int8-dynamic", "scheme": "profile"}, r"scheme 'profile' does not fit mode 'int8-dynamic'"),
     ({"mode": "qat", "qat": {"epoch": 2}}, r"unknown quantize.qat parameter 'epoch' \(did you mean epochs"),
     ({"mode": "qat", "qat": {"lr": 0}}, r"qat: TrainConfig.lr = 0 must be > 0"),
     ({"mode": "qat", "qat": {"kd": {"alpha": 2}}}, r"qat.kd: DistillConfig.alpha = 2"),
@@ -67,7 +69,7 @@ def test_validator_names_the_bad_parameter(params, match):
 def test_defaults_and_accepted_parameters():
     p = quantize_params({})
     assert p == {"mode": "int8-static", "method": "minmax", "calib_batches": 8, "formats": None, "budget": 0.005,
-                 "scheme": "auto", "qat": None}
+                 "scheme": "auto", "val_samples": 2000, "qat": None}
     assert quantize_params({"method": "entropy", "formats": ["onnx"]})["formats"] == ["onnx"]
     assert quantize_params({"mode": "fp16", "formats": ["tflite", "onnx"]})["formats"] == ["tflite", "onnx"]
     qat = quantize_params({"mode": "qat", "qat": {"epochs": 2, "kd": False}})["qat"]
@@ -173,3 +175,41 @@ def test_quantize_command_qat_mode(tmp_path, monkeypatch):
         assert f["quantized"]["size_bytes"] == (out / "model_int8").with_suffix(f".{fmt}").stat().st_size
     assert report["formats"]["tflite"]["size_ratio"] < 1.0  # a tiny net: file overhead dominates the int8 saving
     assert not (tmp_path / ".q.work").exists()  # QAT checkpoints are removed once the output is complete
+
+
+def test_a_forked_baseline_is_not_quantized(tmp_path):
+    model = _net()
+    ctx = _ctx(tmp_path, model).fork("uniform", policy=None)
+    assert quantize_step(model, {"calib_batches": 1}, ctx) is model
+    assert plan_from_records(ctx.records) is None and "quantize" not in ctx.records
+    assert ctx.notes == ["quantize: the uniform baseline is compared in fp32; only the main model is quantized"]
+
+
+def _device_with_profile(**int8):
+    from edgecompress.devices import LocalDevice
+    from edgecompress.devices.profiles import DeviceProfile
+
+    device = LocalDevice()
+    device.profile = DeviceProfile(name="bench-board", connection="host", runtimes=("onnxruntime",), threads=(1,),
+                                   int8=int8)
+    return device
+
+
+def test_scheme_profile_takes_the_profiles_answer_without_timing(tmp_path):
+    model = _net()
+    ctx = _ctx(tmp_path, model)
+    quantize_step(model, {"scheme": "profile", "calib_batches": 4, "formats": ["onnx"]}, ctx)
+    fp32 = {r.format: r.path for r in export_model(model, torch.zeros(1, *SHAPE), tmp_path / "fp32", formats=["onnx"])}
+    device = _device_with_profile(onnx="qdq-s8s8-per-channel", why="measured on this board, 2026-12-01")
+    entry = apply_plan(plan_from_records(ctx.records), model, fp32, tmp_path / "int8", input_shape=SHAPE,
+                       device=device)["onnx"]
+    assert entry["scheme"] == "qdq-s8s8-per-channel" and entry["scheme_choice"]["measured"] is None
+    assert entry["scheme_choice"]["requested"] == "profile"
+    assert entry["scheme_choice"]["reason"] == ("stated by the device profile 'bench-board' (not measured in this run): "
+                                                "measured on this board, 2026-12-01")
+    from edgecompress.errors import UserError
+
+    with pytest.raises(UserError, match=r"'bench-board' \(\) states no int8 scheme for ONNX; add int8: \{onnx: SCHEME"):
+        apply_plan(plan_from_records(ctx.records), model, fp32, tmp_path / "again", input_shape=SHAPE,
+                   device=_device_with_profile(tflite="full-int8", why="published"))
+    assert not (tmp_path / "again").exists()
