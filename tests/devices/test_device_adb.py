@@ -91,6 +91,31 @@ def test_op_profile(target, tiny_tflite) -> None:
     assert all(o.avg_ms >= 0 for o in ops) and sum(o.percent for o in ops) == pytest.approx(100, abs=0.1)
 
 
+def test_int8_scheme_timed_and_int8_tflite_run_on_the_phone(target, tmp_path) -> None:
+    """quantize_files with the phone as the device: the ONNX candidates are timed there (onnxruntime_perf_test),
+    and the full-int8 .tflite runs there through benchmark_model, its operator profile included."""
+    import torch
+
+    from edgecompress.quantize.api import quantize_files
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 4)).eval()
+    calib = torch.randn(128, 1, 16, 16)
+    entries = quantize_files(model, {}, calib, tmp_path / "int8", input_shape=(1, 16, 16), device=target,
+                             threads=[1], runs=5, trials=1)
+    measured = entries["onnx"]["scheme_choice"]["measured"]
+    assert measured["device"] == target.name and len(measured["candidates"]) == 2
+    assert all(c["p50_ms"][1] > 0 for c in measured["candidates"])
+    tflite = Path(entries["tflite"]["path"])
+    assert entries["tflite"]["scheme"] == "full-int8" and tflite.name == "model_int8.tflite"
+    result = target.measure(tflite, threads=1, runs=10, warmup=1, trials=1)
+    assert result.runtime == "litert" and 0 < result.p50_ms <= result.p90_ms and result.device == target.name
+    ops = {o.node_type for o in target.profile_ops(tflite, runs=5, warmup=1)}
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= ops
+
+
 def test_model_the_runtime_rejects_quotes_the_device_error(target, tmp_path) -> None:
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"not a flatbuffer")
