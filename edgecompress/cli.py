@@ -346,7 +346,7 @@ def search(model, arch, trust_model_file, input_size, num_classes, strategy, tar
 @click.option("--format", "formats", default="onnx,tflite", show_default=True, help="Comma-separated: onnx, tflite.")
 @click.option("--device", "device_spec", default="host", show_default=True, help="Where the int8 schemes are timed.")
 @click.option("--budget", default=0.005, show_default=True, type=float, help="Largest top-1 drop allowed (0.005 = 0.5 point).")
-@click.option("--scheme", default="auto", show_default=True, help="auto (the fastest measured within budget) or a scheme name.")
+@click.option("--scheme", default="auto", show_default=True, help="auto (the fastest measured on --device within budget), profile (the device profile's stated answer) or a scheme name.")
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts for the latency measurements.")
 @click.option("--test-samples", default=None, type=int, help="Test images for the files' top-1 (default: all).")
 @click.option("--qat-epochs", default=1, show_default=True, type=int, help="Epochs of quantization-aware training (--mode qat).")
