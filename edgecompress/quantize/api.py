@@ -386,7 +386,7 @@ def _auto_scheme(fp32: Path, images, out: Path, *, method, budget, input_shape, 
                          f"is kept ({kept.mean_speedup:.2f}x the speed of fp32, smaller), but ship the fp32 file if "
                          "latency is what matters on this device")
         else:  # no scheme within budget: the least damaged one, for mixed precision (or the caller) to judge
-            kept = min(choice.candidates, key=lambda c: c.drop)
+            kept = min(choice.candidates, key=lambda c: (c.drop, -c.mean_speedup))  # a tie goes to the faster
             notes.append(f"{choice.reason}; kept {kept.scheme}, the least drop ({kept.drop * 100:.2f} points)"
                          + ("" if evaluate else ": no evaluate given, so no layer is kept float for accuracy"))
     os.replace(kept.path, out)
