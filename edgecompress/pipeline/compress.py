@@ -98,16 +98,18 @@ def _export_variant(model, input_shape, out_dir: Path, recipe: Recipe, loader, c
     return arts
 
 
-def _quantized_variant(plan: dict[str, Any], model, fp32_files: dict[str, dict], bundle: Path, shape, recipe: Recipe,
-                       splits, dev, loader, calib_inputs, console, notes: list[str]) -> dict[str, Any]:
-    """The quantize step's files (bundle/model_int8.<fmt>), each checked against the float model, evaluated as a
-    file and described (scheme, how it was chosen, layers left float); a report variant without latency yet."""
+def _quantized_variant(plan: dict[str, Any], model, reference: dict[str, Any], bundle: Path, shape, recipe: Recipe,
+                       splits, dev, loader, calib_inputs, console, notes: list[str]) -> tuple[str, dict[str, Any]]:
+    """(label, variant): the quantize step's files made from `reference`'s fp32 files (bundle/model_int8.<fmt>),
+    each checked against the float model, evaluated as a file and described (scheme, how it was chosen, layers
+    left float); params and MACs are the reference's; latency is added by the caller's measurement."""
     from edgecompress.export.artifact_eval import evaluate_artifact
     from edgecompress.export.parity import check_parity
     from edgecompress.prune.unstructured import gzip_size
     from edgecompress.quantize.api import apply_plan, val_evaluator
+    from edgecompress.quantize.base import precision_label
 
-    label = "fp16" if plan["mode"] == "fp16" else "int8"
+    label = precision_label(plan["mode"])
     m = recipe.measure
     evaluate = None
     if splits.val is not None and len(splits.val):
@@ -117,7 +119,7 @@ def _quantized_variant(plan: dict[str, Any], model, fp32_files: dict[str, dict],
                      "with the fp32 file on the calibration images, and no layer was kept float for accuracy")
     console.log(f"quantize: {plan['mode']} files from the exported fp32 files"
                 + (f", scheme {plan['scheme']} on {dev.name}" if plan["mode"] == "int8-static" else ""))
-    fp32 = {fmt: bundle / art["file"] for fmt, art in fp32_files.items()}
+    fp32 = {fmt: bundle / art["file"] for fmt, art in reference["artifacts"].items()}
     entries = apply_plan(plan, model, fp32, bundle, input_shape=shape, device=dev, evaluate=evaluate,
                          threads=m.threads, runs=min(m.runs, 100), trials=m.trials, basename=f"model_{label}")
     arts: dict[str, Any] = {}
@@ -138,7 +140,8 @@ def _quantized_variant(plan: dict[str, Any], model, fp32_files: dict[str, dict],
         expected = _profile_expectation(dev, fmt)
         if expected:
             notes.append(f"quantize ({fmt}): {expected}")
-    return {"accuracy": None, "quantized": {"mode": plan["mode"], "from": "after"}, "artifacts": arts}
+    costs = {k: reference[k] for k in ("params", "macs", "act_bytes")}
+    return label, {"accuracy": None, "quantized": {"mode": plan["mode"], "from": "after"}, **costs, "artifacts": arts}
 
 
 def _profile_expectation(dev, fmt: str) -> str | None:
@@ -151,14 +154,6 @@ def _profile_expectation(dev, fmt: str) -> str | None:
         return None
     what = "fp32 to be faster than int8" if stated == "fp32" else f"{stated} to be the fastest"
     return f"the device profile {profile.name!r} expects {what} on TFLite ({profile.int8['why']}); the latency rows measure it"
-
-
-def _baselines(variants: dict[str, dict]) -> dict[str, dict]:
-    return {k: v for k, v in variants.items() if "quantized" not in v}
-
-
-def _quantized(variants: dict[str, dict]) -> dict[str, dict]:
-    return {k: v for k, v in variants.items() if "quantized" in v}
 
 
 def run_compress(
@@ -250,16 +245,14 @@ def run_compress(
                     art["file"] = f"{fork}/{art['file']}"
             after = _profile_model(compressed, shape, loader, console)
             after["artifacts"] = _export_variant(compressed, shape, bundle, recipe, loader, calib_inputs, console)
+        quantized: dict[str, dict[str, Any]] = {}  # the quantize step's variant, reported after 'after'
         if plan is not None:
-            label = "fp16" if plan["mode"] == "fp16" else "int8"
-            fp32_files = (before if unchanged else after)["artifacts"]
-            variants[label] = _quantized_variant(plan, compressed, fp32_files, bundle, shape, recipe, splits, dev, loader,
-                                                 calib_inputs, console, notes)
-            variants[label].update({k: (before if unchanged else after)[k] for k in ("params", "macs", "act_bytes")})
+            label, quantized[label] = _quantized_variant(plan, compressed, before if unchanged else after, bundle, shape,
+                                                         recipe, splits, dev, loader, calib_inputs, console, notes)
 
         m = recipe.measure
         paths = {}
-        ordered = {"before": before, **_baselines(variants), "after": after, **_quantized(variants)}
+        ordered = {"before": before, **variants, "after": after, **quantized}
         for vname, variant in ordered.items():
             if vname == "after" and unchanged:
                 continue

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from edgecompress.errors import UserError, suggest
-from edgecompress.quantize.base import CALIBRATION_METHODS, MODES, CalibrationWarning, check_calibration
+from edgecompress.quantize.base import CALIBRATION_METHODS, MODES, CalibrationWarning, check_calibration, precision_label
 
 FORMATS = ("onnx", "tflite")
 SCHEMA = "edgecompress.quant/1"
@@ -548,7 +548,7 @@ def quantize_command(
     skipped = skipped_formats(mode, formats)
     todo = [f for f in formats if f not in skipped]
     model = loaded.model.eval()
-    basename = "model_fp16" if mode == "fp16" else "model_int8"
+    basename = f"model_{precision_label(mode)}"
     work = out.with_name(f".{out.name}.work")
 
     with atomic_directory(out, force=force) as tmp:
@@ -615,7 +615,7 @@ def _report(loaded, shape, dev, fp32: dict[str, Path], entries: dict[str, dict],
              (("fp32", fp32.get(fmt)), ("quantized", entries[fmt].get("path"))) if path}
     top1 = {key: evaluate_artifact(path, loader, threads=2, progress=progress)["top1"] for key, path in files.items()}
     latency = measure_interleaved(dev, list(files.values()), threads, runs=runs, warmup=warmup, trials=trials)
-    label = "fp16" if mode == "fp16" else "int8"
+    label = precision_label(mode)
 
     def side(key) -> dict[str, Any]:
         path = files[key]

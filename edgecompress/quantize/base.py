@@ -27,6 +27,11 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIBRATION_IMAGES = 100
 
 
+def precision_label(mode: str) -> str:
+    """What a mode's files are called in names and reports: "fp16" for fp16, "int8" for every other mode."""
+    return "fp16" if mode == "fp16" else "int8"
+
+
 class CalibrationWarning(UserWarning):
     """Calibration data is usable but thin (too few images)."""
 
