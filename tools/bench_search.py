@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     for strategy in args.strategies:
         results[strategy] = search(strategy, strategy, args.target, source)
     report["base_latency_ms"] = next(iter(results.values())).meta.get("base_latency_ms")
-    if not args.no_amc_macs:
+    if not args.no_amc_macs and results["amc"].best is None:
+        log("amc_macs skipped: AMC found no candidate measured within the budget, so there are no MACs to match")
+        report["skipped"] = {"amc_macs": "AMC found no candidate measured within the budget: no MACs to match"}
+    elif not args.no_amc_macs:
         amc_macs = results["amc"].best["macs"] / space.total_macs
         budget = f"macs={amc_macs * (1 + 1e-6):.6f}"
         results["amc_macs"] = search("amc_macs", "amc", budget, None)
@@ -328,6 +331,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for t in report.get("targets", []):
         lines.append(f"- **{'met' if t['met'] else 'missed'}**: {t['target']}. {t['figures']}")
     notes = sorted({n for r in report["searches"].values() for n in r.get("notes", [])})
+    notes += [f"{name} skipped: {why}" for name, why in report.get("skipped", {}).items()]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     plots = [f"`{name}/search.png`" for name in report["searches"]]
