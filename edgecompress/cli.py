@@ -307,7 +307,8 @@ def prune(model, arch, trust_model_file, input_size, num_classes, target, ratio,
 @cli.command()
 @click.argument("model")
 @model_options
-@click.option("--strategy", default="amc", show_default=True, help="amc, evolution, random or uniform.")
+@click.option("--strategy", default="amc", show_default=True,
+              help="amc, evolution, random, uniform (by candidate) or tas, snas, scas (by gradient).")
 @click.option("--target", required=True, help="Budget: latency=0.5 (of the original) or latency=3ms, macs=0.5, params=1.2M.")
 @click.option("--episodes", default=100, show_default=True, type=int, help="Candidates evaluated (the same budget for every strategy).")
 @click.option("--reward", default="error", show_default=True, help="error (hard budget), error_log_macs or mnasnet (soft).")
@@ -320,21 +321,47 @@ def prune(model, arch, trust_model_file, input_size, num_classes, target, ratio,
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Dataset folder (else $EDGECOMPRESS_DATA or the Debian package's).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Search directory (checkpoint, log, best policy, plot).")
+@click.option("--epochs", default=10, show_default=True, type=int, help="Training passes of a gradient search (tas, snas, scas).")
+@click.option("--search-images", default=10000, show_default=True, type=int,
+              help="Training images a gradient search learns from (half weights, half architecture).")
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Batch size of a gradient search.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A gradient search's own setting (repeatable), e.g. --option cost_weight=2 --option space=mobile.")
 @click.option("--resume", is_flag=True, help="Continue the search saved in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def search(model, arch, trust_model_file, input_size, num_classes, strategy, target, episodes, reward, device_spec,
-           runtime, threads, latency_kind, predictor, val_samples, data_dir, seed, out, resume, force) -> None:
-    """Search how much to prune each layer of MODEL (AMC or a baseline), with latency measured on the device."""
+           runtime, threads, latency_kind, predictor, val_samples, data_dir, seed, epochs, search_images, batch_size,
+           options, out, resume, force) -> None:
+    """Search how much to prune each layer of MODEL (AMC, a baseline or TAS), or a compact architecture
+    to replace it (SNAS, SCAS), with latency measured on the device."""
     from edgecompress.search.api import search_command
 
     loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
     report = search_command(loaded, shape, strategy=strategy, target=target, episodes=episodes, out=out,
                             device=device_spec, reward=reward, runtime=runtime, threads=threads, latency=latency_kind,
                             predictor=predictor, val_samples=val_samples, data_dir=data_dir, seed=seed, resume=resume,
-                            force=force)
+                            force=force, epochs=epochs, search_images=search_images, batch_size=batch_size,
+                            options=_key_values(options, "--option"))
     for line in report["summary"]:
         click.echo(line)
-    click.echo(f"written: {out}/search.json, search_log.json, best_policy.json, search.png")
+    written = [Path(v).name for k, v in report["files"].items() if k != "state"]
+    click.echo(f"written: {out}/search.json, {', '.join(written)}")
+
+
+def _key_values(pairs: tuple[str, ...], option: str) -> dict:
+    """KEY=VALUE strings as a dict, each value read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{option} {pair!r} must be KEY=VALUE, e.g. {option} cost_weight=2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"{option} {pair!r}: the value does not parse ({exc})") from None
+    return out
 
 
 @cli.command()

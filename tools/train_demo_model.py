@@ -29,7 +29,8 @@ MAX_BYTES = 10 * 1024 * 1024  # the bundled file must stay small enough for the 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--width-mult", type=float, default=0.5, help="MobileNetV2 width multiplier")
+    p.add_argument("--arch", default="mobilenet_v2", help="zoo model to train (e.g. resnet20 for the search benchmarks)")
+    p.add_argument("--width-mult", type=float, default=0.5, help="width multiplier")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint to write (sidecar: same name, .json)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: $EDGECOMPRESS_DATA or the Debian package path)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="per-epoch training checkpoints")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_limit is not None:
             train_set = Subset(train_set, range(min(args.train_limit, len(train_set))))
         seed_everything(args.seed)
-        model = create_model("mobilenet_v2", **arch_kwargs)
+        model = create_model(args.arch, **arch_kwargs)
         train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=args.seed)
         val_loader = make_loader(splits.val, 500, shuffle=False)
         test_loader = make_loader(splits.test, 500, shuffle=False)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = sum(p.numel() for p in model.parameters())
     recipe = {
-        "model": "zoo:mobilenet_v2",
+        "model": f"zoo:{args.arch}",
         "arch_kwargs": arch_kwargs,
         "input_shape": list(input_shape),
         "train": config.to_dict(),
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": "tools/train_demo_model.py (see the .json sidecar)",
     }
     out: Path = args.out
-    save_checkpoint(model, out, arch_spec="zoo:mobilenet_v2", arch_kwargs=arch_kwargs, input_shape=input_shape, meta=meta)
+    save_checkpoint(model, out, arch_spec=f"zoo:{args.arch}", arch_kwargs=arch_kwargs, input_shape=input_shape, meta=meta)
     size = out.stat().st_size
     versions = {
         "python": platform.python_version(),
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out.with_suffix(".json"), sidecar)
 
     print(
-        f"\nzoo:mobilenet_v2 width {args.width_mult}: {params:,} params, {size / 1e6:.2f} MB -> {out}\n"
+        f"\nzoo:{args.arch} width {args.width_mult}: {params:,} params, {size / 1e6:.2f} MB -> {out}\n"
         f"epochs {len(history.epochs)} (best {history.best_epoch}), train time {history.seconds / 60:.1f} min on {args.threads} threads\n"
         f"val  top1 {val.top1:.2%}  top5 {val.top5:.2%}\n"
         f"test top1 {test.top1:.2%}  top5 {test.top5:.2%}\n"

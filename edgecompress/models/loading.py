@@ -22,7 +22,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,13 +121,16 @@ def save_checkpoint(
     arch_kwargs: Mapping[str, Any],
     input_shape: tuple[int, int, int] | list[int],
     meta: Mapping[str, Any] | None = None,
+    removed: Sequence[str] = (),
 ) -> Path:
     """Atomically write `model`'s weights with the architecture that rebuilds it.
 
     The file loads with `torch.load(weights_only=True)` (only tensors and plain values),
     so `load_model(path)` needs neither --arch nor --trust-model-file. Channel counts
     saved here may be smaller than `arch_spec` builds (a pruned model): the saved
-    Conv2d/BatchNorm2d/Linear shapes win when the model is loaded.
+    Conv2d/BatchNorm2d/Linear shapes win when the model is loaded. `removed` names
+    submodules the model replaced by nn.Identity (blocks a depth search dropped); they
+    are replaced the same way before the weights are loaded.
     """
     if not arch_spec.startswith(("zoo:", "torchvision:")):
         raise ValueError(f"arch_spec must be 'zoo:NAME' or 'torchvision:NAME', got {arch_spec!r}")
@@ -144,6 +147,7 @@ def save_checkpoint(
         "conv_groups": {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.Conv2d)},
         "input_shape": shape,
         "meta": dict(meta or {}),
+        "removed": [str(n) for n in removed],
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -288,6 +292,12 @@ def _from_checkpoint(ckpt: Mapping, spec: str, arch: str | None, build_kwargs: d
     if "num_classes" in build_kwargs:
         raise UserError(f"checkpoint {spec!r} fixes its number of classes; drop --num-classes")
     model, _, _ = build_arch(arch_spec, arch_kwargs)
+    for name in ckpt.get("removed") or ():
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"checkpoint {spec!r} removes module {name!r}, which {arch_spec} does not have") from None
+        model.set_submodule(name, nn.Identity())
     _load_state_dict(model, state_dict, spec, arch_spec, adopt_shapes=True, conv_groups=ckpt.get("conv_groups") or {})
     stored = ckpt.get("input_shape")
     known = tuple(int(v) for v in stored) if stored is not None else None

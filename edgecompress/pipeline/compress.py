@@ -273,10 +273,14 @@ def run_compress(
             after = copy.deepcopy(before)
             ordered["after"] = after
 
-        if loaded.arch is not None:
-            save_checkpoint(compressed, bundle / "model.pt", arch_spec=loaded.arch["spec"],
-                            arch_kwargs=loaded.arch.get("kwargs", {}), input_shape=shape,
-                            meta={"recipe": recipe.name, "steps": applied})
+        rebuild = dict(ctx.rebuild or {})
+        if rebuild.get("spec") is None:  # the original's architecture (less any blocks a search removed)
+            rebuild = ({**rebuild, "spec": loaded.arch["spec"], "kwargs": loaded.arch.get("kwargs", {})}
+                       if loaded.arch is not None else None)
+        if rebuild is not None:
+            save_checkpoint(compressed, bundle / "model.pt", arch_spec=rebuild["spec"],
+                            arch_kwargs=rebuild.get("kwargs", {}), input_shape=shape,
+                            removed=rebuild.get("removed", ()), meta={"recipe": recipe.name, "steps": applied})
         else:
             notes.append(f"No model.pt in the bundle: {model_spec!r} has no recorded architecture to rebuild it from.")
         if dev.name == "host":

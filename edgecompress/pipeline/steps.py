@@ -49,6 +49,9 @@ class StepContext:
     search_space: Any = None  # the search.SearchSpace that policy belongs to
     forks: dict[str, Any] = field(default_factory=dict)  # variant name -> policy, taken by the pipeline
     artifacts: dict[str, Path] = field(default_factory=dict)  # bundle-relative name -> file to copy in
+    #: how to rebuild the model when a step replaced its architecture (a gradient search's
+    #: child): {"spec", "kwargs", "removed"} for save_checkpoint; None: the original's
+    rebuild: dict[str, Any] | None = None
 
     def fork(self, variant: str, policy: Any) -> StepContext:
         """The context of a new track that starts here with `policy` (same data, device, teacher)."""

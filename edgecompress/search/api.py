@@ -57,6 +57,10 @@ def search_command(
     resume: bool = False,
     force: bool = False,
     progress: bool | str = True,
+    epochs: int = 10,
+    search_images: int = 10000,
+    batch_size: int = 128,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `strategy` on `loaded.model` against `target` and leave the search in `out`.
 
@@ -66,16 +70,27 @@ def search_command(
     latency cache), "predictor" (a fitted predictor file; the best candidate is then
     re-measured on the device) or "macs" (no latency; for MACs/params targets).
     Accuracy is Fashion-MNIST validation top-1 without fine-tuning, after BN re-estimation.
+
+    The gradient strategies (tas, snas, scas) train for `epochs` passes over
+    `search_images` training images (half for the weights, half for the architecture)
+    instead of evaluating `episodes` candidates; their child network is written to
+    `out/child.pt` (loadable like any model). `options` are the strategy's own settings.
     """
     from edgecompress.devices import get_device
     from edgecompress.devices.profiles import preferred_round_to
     from edgecompress.fsutil import atomic_write_json
     from edgecompress.search.reward import fashion_mnist_evaluator
-    from edgecompress.search.runner import STATE_FILE, list_strategies, run_search
+    from edgecompress.errors import suggest
+    from edgecompress.search.gradient import GRADIENT_STRATEGIES, all_strategies
+    from edgecompress.search.runner import STATE_FILE, run_search
     from edgecompress.search.space import SearchSpace
 
-    if strategy not in list_strategies():
-        raise UserError(f"unknown search strategy {strategy!r}; valid: {', '.join(list_strategies())}")
+    if strategy not in all_strategies():
+        raise UserError(f"unknown search strategy {strategy!r}{suggest(str(strategy), all_strategies())}; "
+                        f"valid: {', '.join(all_strategies())}")
+    if options and strategy not in GRADIENT_STRATEGIES:
+        raise UserError(f"--option applies to the gradient searches ({', '.join(sorted(GRADIENT_STRATEGIES))}); "
+                        f"{strategy} takes none here")
     try:
         check_latency_kind(latency, predictor, target)
     except ValueError as exc:
@@ -89,6 +104,12 @@ def search_command(
             raise UserError(f"output {str(out)!r} exists; pass --resume to continue that search or --force to replace it")
         shutil.rmtree(out)
     dev = get_device(device)
+    if strategy in GRADIENT_STRATEGIES:
+        return _gradient_command(loaded, input_shape, strategy=strategy, target=target, out=out, dev=dev,
+                                 runtime=runtime, threads=threads, latency=latency, predictor=predictor,
+                                 val_samples=val_samples, data_dir=data_dir, seed=seed, resume=resume,
+                                 progress=progress, epochs=epochs, search_images=search_images,
+                                 batch_size=batch_size, options=dict(options or {}))
     space = SearchSpace.from_model(loaded.model.eval(), input_shape, round_to=preferred_round_to(dev) or 8)
     evaluate = fashion_mnist_evaluator(input_shape, data_dir, val_samples=val_samples, seed=seed)
     source = search_latency(latency, dev, runtime, threads, predictor=predictor)
@@ -128,3 +149,76 @@ def search_command(
     }
     atomic_write_json(out / "search.json", summary)
     return summary
+
+
+def _gradient_command(loaded, input_shape: tuple[int, int, int], *, strategy: str, target: str, out: Path, dev: Any,
+                      runtime: str, threads: int, latency: str, predictor: Any, val_samples: int, data_dir: Any,
+                      seed: int, resume: bool, progress: bool | str, epochs: int, search_images: int,
+                      batch_size: int, options: dict[str, Any]) -> dict[str, Any]:
+    """`search_command` for TAS, SNAS and SCAS: train, derive, save and time the child."""
+    from edgecompress.data.fashion_mnist import fashion_mnist_splits
+    from edgecompress.fsutil import atomic_write_json
+    from edgecompress.models.loading import save_checkpoint
+    from edgecompress.search.gradient import SearchData, build_gradient, run_gradient_search
+    from edgecompress.search.reward import fashion_mnist_evaluator
+
+    for name, value, least in (("--epochs", epochs, 1), ("--search-images", search_images, 2 * batch_size),
+                               ("--batch-size", batch_size, 1)):
+        if not (isinstance(value, int) and value >= least):
+            raise UserError(f"{name} {value!r} must be an integer >= {least}")
+    model = loaded.model.eval()
+    source = search_latency(latency, dev, runtime, threads, predictor=predictor)
+    measured = source if latency == "measured" else search_latency("measured", dev, runtime, threads)
+    splits = fashion_mnist_splits(input_shape, data_dir, val_size=5000, seed=0)
+    data = SearchData.halves(splits.train, batch_size=batch_size, seed=seed, samples=min(search_images, len(splits.train)))
+    evaluate = fashion_mnist_evaluator(input_shape, data_dir, val_samples=val_samples, seed=seed)
+    strat = build_gradient(strategy, options, reference=model, input_shape=input_shape, latency_source=source, seed=seed)
+    result = run_gradient_search(strat, data, evaluate, reference=model, input_shape=input_shape, budget=target,
+                                 latency_source=source, epochs=epochs, seed=seed, out_dir=out, resume=resume,
+                                 progress=progress)
+    derived = result.derived
+    best = dict(result.best or {})
+    if not best.get("feasible", True):
+        print(f"WARNING: the {strategy} child is over the budget {target!r} "
+              f"({_over(best, result.meta)}); raise the cost weight or lower the target", flush=True)
+    spec, kwargs = derived.spec, derived.kwargs
+    if spec is None and loaded.arch:
+        spec, kwargs = loaded.arch["spec"], dict(loaded.arch.get("kwargs") or {})
+    files = dict(result.files or {})
+    if spec is not None:
+        files["child"] = str(save_checkpoint(derived.model, out / "child.pt", arch_spec=spec, arch_kwargs=kwargs,
+                                             input_shape=input_shape, removed=derived.removed,
+                                             meta={"search": strategy, "target": target}))
+    original_ms = measured.latency_ms(model, input_shape)
+    original_info = dict(measured.last_result.runtime_info) if measured.last_result else {}
+    child_ms = measured.latency_ms(derived.model.eval(), input_shape)
+    ref_macs = result.meta["reference_macs"]
+    summary = {
+        "schema": "edgecompress.search/1",
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"spec": loaded.spec, "input_shape": list(input_shape)},
+        "device": dev.name, "strategy": strategy, "target": target, "epochs": len(result.log),
+        "search_images": search_images, "latency_source": getattr(source, "name", None), "options": options,
+        "best": best,
+        "best_measured": {"runtime": runtime, "threads": threads, "original_p50_ms": original_ms,
+                          "best_p50_ms": child_ms, "speedup": original_ms / child_ms if child_ms else None,
+                          "runtime_info": original_info},
+        "latency_cache": result.latency_cache_counts(),
+        "wall_s": round(sum(r.get("wall_s", 0.0) for r in result.log), 1),
+        "files": files,
+        "summary": [
+            f"{strategy}: child after {len(result.log)} epochs: top-1 {best.get('accuracy', float('nan')):.2%} "
+            f"(inherited weights, no fine-tuning), MACs {best.get('macs', 0) / ref_macs:.2f}x, params "
+            f"{best.get('params', 0) / result.meta['reference_params']:.2f}x, measured p50 {original_ms:.3f} -> "
+            f"{child_ms:.3f} ms ({original_ms / child_ms:.2f}x) on {dev.name} ({runtime}, {threads} "
+            f"thread{'s' if threads > 1 else ''})",
+        ],
+    }
+    atomic_write_json(out / "search.json", summary)
+    return summary
+
+
+def _over(best: dict[str, Any], meta: dict[str, Any]) -> str:
+    metric = str(meta.get("budget", "")).split("=")[0]
+    value = {"macs": best.get("macs"), "params": best.get("params"), "latency": best.get("latency_ms")}.get(metric)
+    return f"{metric} {value:,.4g} vs limit {meta.get('limit', float('nan')):,.4g}" if value is not None else "over"

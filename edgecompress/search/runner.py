@@ -129,6 +129,9 @@ class SearchResult:
     out_dir: Path | None = None
     stopped_early: bool = False
     files: dict[str, str] = field(default_factory=dict)
+    #: gradient searches (TAS, SNAS, SCAS): the derived child network and its description
+    model: nn.Module | None = None
+    derived: Any = None
 
     def latency_cache_counts(self) -> dict[str, int]:
         """Candidates timed on the device (misses), served by the latency cache (hits), and
@@ -496,9 +499,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_search(log: list[dict[str, Any]], path: str | Path, *, limit: float | None = None,
-                metric: str | None = None) -> Path:
+                metric: str | None = None, best: int | None = None) -> Path:
     """PNG of accuracy against latency (ms; MACs when latency was not measured), every
-    candidate in grey, the Pareto front in colour, the best reward starred, the budget dashed."""
+    candidate in grey, the Pareto front in colour, the answer starred (`best`: its index
+    in `log`; default the best reward within budget), the budget dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -514,8 +518,12 @@ def plot_search(log: list[dict[str, Any]], path: str | Path, *, limit: float | N
         front = pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "o-", c="tab:blue", ms=5,
                 drawstyle="steps-post", label="Pareto front")
-        best = max(range(len(log)), key=lambda i: log[i]["reward"] if log[i].get("feasible", True) else -math.inf)
-        ax.scatter([points[best][0]], [points[best][1]], marker="*", s=160, c="tab:red", zorder=3, label="best reward")
+        if best is None:
+            best = max(range(len(log)), key=lambda i: log[i]["reward"] if log[i].get("feasible", True) else -math.inf)
+            star = "best reward"
+        else:
+            star = "search result"
+        ax.scatter([points[best][0]], [points[best][1]], marker="*", s=160, c="tab:red", zorder=3, label=star)
     if limit is not None and metric == ("latency" if use_latency else "macs"):
         ax.axvline(limit, ls="--", c="k", lw=1, label="budget")
     ax.set_xlabel(label)

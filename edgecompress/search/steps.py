@@ -19,6 +19,15 @@ steps:
   - finetune: {epochs: 3, kd: {temperature: 4, alpha: 0.9}}
 ```
 
+The gradient searches (tas, snas, scas) train instead of evaluating candidates and
+*replace* the model with their derived child, so no `prune` follows them:
+
+```yaml
+steps:
+  - search: {strategy: tas, target: macs=0.5, epochs: 10, search_images: 10000, options: {cost_weight: 2}}
+  - finetune: {epochs: 3, kd: {temperature: 4, alpha: 0.9}}   # TAS's KD training of the derived network
+```
+
 The search leaves its log, best policy and accuracy-vs-latency plot in the bundle
 (`search/`). Its checkpoint lives in the run's work dir: re-running the same command
 after an interruption (or after the phone went away) resumes it. With
@@ -42,6 +51,7 @@ RUNTIMES = ("litert", "onnxruntime")
 DEFAULTS: dict[str, Any] = {
     "strategy": "amc", "episodes": 40, "reward": "error", "latency": "measured", "runtime": "litert", "threads": 1,
     "runs": 100, "predictor": None, "val_samples": 1000, "bn_batches": 10, "compare_uniform": False, "options": {},
+    "epochs": 10, "search_images": 10000, "batch_size": 128,
 }
 KEYS = {"target", *DEFAULTS}
 
@@ -56,13 +66,22 @@ def search_params(params: dict) -> dict[str, Any]:
     from edgecompress.errors import UserError, check_keys
     from edgecompress.prune.structured import Target
     from edgecompress.search.api import check_latency_kind
+    from edgecompress.search.gradient import GRADIENT_STRATEGIES, all_strategies
     from edgecompress.search.reward import list_rewards
-    from edgecompress.search.runner import list_strategies
 
     check_keys("search parameter", params, KEYS)
     p = {**DEFAULTS, **params}
-    if p["strategy"] not in list_strategies():
-        raise ValueError(f"strategy {p['strategy']!r} must be one of {', '.join(list_strategies())}")
+    if p["strategy"] not in all_strategies():
+        raise ValueError(f"strategy {p['strategy']!r} must be one of {', '.join(all_strategies())}")
+    if p["strategy"] in GRADIENT_STRATEGIES:
+        if p["compare_uniform"]:
+            raise ValueError(f"compare_uniform: the {p['strategy']} search replaces the model with its child, so "
+                             "there is no policy to fork a uniform baseline from; compare with a separate recipe")
+        if "target" not in params:
+            raise ValueError("target is required, e.g. target: macs=0.5 or latency=0.5 (of the original)")
+        _positive_int("epochs", p["epochs"])
+        _positive_int("batch_size", p["batch_size"])
+        _positive_int("search_images", p["search_images"], 2 * p["batch_size"])
     if p["reward"] not in list_rewards():
         raise ValueError(f"reward {p['reward']!r} must be one of {', '.join(list_rewards())}")
     if p["reward"] != "error_log_macs":
@@ -93,19 +112,30 @@ def _validate(params: dict) -> None:
     search_params(params)
 
 
+def _gradient(params: dict) -> bool:
+    from edgecompress.search.gradient import GRADIENT_STRATEGIES
+
+    return params.get("strategy") in GRADIENT_STRATEGIES
+
+
 @register_recipe_check
 def _check_order(steps: list[tuple[str, dict]]) -> None:
-    """`prune: {policy: search}` needs a search before it; one search may fork the uniform baseline."""
+    """`prune: {policy: search}` needs a policy search (AMC or a baseline) before it; one search
+    may fork the uniform baseline; a gradient search's child needs no prune."""
     searched = forks = 0
     for i, (name, params) in enumerate(steps):
+        if name == "search" and _gradient(params):
+            searched = 0  # its child replaces the model: no policy for a later prune
+            continue
         if name == "search":
             searched += 1
             forks += bool(params.get("compare_uniform"))
         if name == "prune" and params.get("policy") == "search" and not searched:
-            raise ValueError(f"steps[{i}] prune: policy 'search' needs a search step before it")
+            raise ValueError(f"steps[{i}] prune: policy 'search' needs a search step before it (AMC, evolution, "
+                             "random or uniform; a tas/snas/scas search leaves a network, not a policy)")
     if forks > 1:
         raise ValueError("only one search step may set compare_uniform (the uniform variant is one baseline)")
-    last = max((i for i, (n, _) in enumerate(steps) if n == "search"), default=None)
+    last = max((i for i, (n, p) in enumerate(steps) if n == "search" and not _gradient(p)), default=None)
     if last is not None and not any(n == "prune" and p.get("policy") == "search" for n, p in steps[last + 1:]):
         raise ValueError(f"steps[{last}] search: nothing uses its result; add `- prune: {{policy: search}}` after it")
 
@@ -124,6 +154,8 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
     p = search_params(params)
     if ctx.splits.val is None:
         raise UserError("the search step scores candidates on held-out images: set data.val_size > 0 in the recipe")
+    if _gradient(p):
+        return _gradient_step(model, p, ctx)
     space = SearchSpace.from_model(model.eval(), tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
     evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
                          seed=ctx.seed)
@@ -185,3 +217,54 @@ def _line(strategy: str, summary: dict[str, Any], space) -> str:
     cache = summary["latency_cache"]
     return (f"{strategy} best of {summary['episodes']} top-1 {best['accuracy']:.2%}{lat}, MACs x{summary['macs_ratio']:.3f} "
             f"({summary['wall_s']:.0f} s, latency cache {cache['hits']} hits / {cache['misses']} misses)")
+
+
+def _gradient_step(model: nn.Module, p: dict[str, Any], ctx: StepContext) -> nn.Module:
+    """A tas/snas/scas search: train, derive, and hand the child network to the next steps."""
+    from edgecompress.search.api import search_latency
+    from edgecompress.search.gradient import SearchData, build_gradient, run_gradient_search
+    from edgecompress.search.reward import Evaluator
+    from edgecompress.search.runner import STATE_FILE
+
+    evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
+                         seed=ctx.seed)
+    if p["latency"] == "measured":
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    source = search_latency(p["latency"], ctx.device, p["runtime"], p["threads"], runs=p["runs"],
+                            predictor=p["predictor"], work_dir=ctx.work_dir)
+    key = hashlib.sha256(json.dumps([p, ctx.seed, getattr(ctx.device, "name", None)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:10]
+    out = ctx.step_dir("search", key)
+    resume = (out / STATE_FILE).is_file()
+    if resume:
+        print(f"search {p['strategy']}: resuming from {out / STATE_FILE}")
+    reference = model.eval()
+    shape = tuple(ctx.input_shape)
+    strategy = build_gradient(p["strategy"], p["options"], reference=reference, input_shape=shape,  # type: ignore[arg-type]
+                              latency_source=source, seed=ctx.seed)
+    data = SearchData.halves(ctx.splits.train, batch_size=p["batch_size"], seed=ctx.seed,
+                             samples=min(p["search_images"], len(ctx.splits.train)))
+    t0 = time.perf_counter()
+    result = run_gradient_search(strategy, data, evaluate, reference=reference, input_shape=shape,  # type: ignore[arg-type]
+                                 budget=p["target"], latency_source=source, epochs=p["epochs"], seed=ctx.seed,
+                                 out_dir=out, resume=resume, progress=True)
+    derived, best = result.derived, result.best
+    meta = result.meta
+    ctx.rebuild = {"spec": derived.spec, "kwargs": dict(derived.kwargs), "removed": list(derived.removed)}
+    _keep_files(ctx, p["strategy"], result)
+    seconds = round(time.perf_counter() - t0, 1)
+    record = {"params": p, "meta": {k: v for k, v in meta.items()},
+              "searched": {"strategy": p["strategy"], "epochs": len(result.log), "best": best, "seconds": seconds,
+                           "macs_ratio": best["macs"] / meta["reference_macs"],
+                           "params_ratio": best["params"] / meta["reference_params"]}}
+    ctx.records.setdefault("search", []).append(record)
+    lat = f", {best['latency_ms']:.3f} ms" if best.get("latency_ms") is not None else ""
+    over = "" if best["feasible"] else f" WARNING: the child is over the target {p['target']}."
+    ctx.notes.append(f"search {p['strategy']} ({p['target']}, {len(result.log)} epochs over {p['search_images']} "
+                     f"training images, {seconds:.0f} s): child top-1 {best['accuracy']:.2%} with the search's "
+                     f"weights, before fine-tuning, on {p['val_samples']} validation images; MACs "
+                     f"x{record['searched']['macs_ratio']:.3f}, params x{record['searched']['params_ratio']:.3f}{lat}."
+                     f"{over}")
+    if not best["feasible"]:
+        print(f"WARNING: {p['strategy']}: the derived child is over the target {p['target']}", flush=True)
+    return derived.model

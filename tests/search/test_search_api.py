@@ -37,7 +37,8 @@ def test_search_cli_runs_resumes_and_rejects_bad_input(tmp_path, capsys) -> None
 
     capsys.readouterr()
     assert "pass --resume" in error(args)
-    assert "unknown search strategy 'amx'; valid: amc, evolution, random, uniform" in error(
+    assert ("unknown search strategy 'amx' (did you mean amc?); valid: amc, evolution, random, scas, snas, tas, "
+            "uniform") in error(
         args[:3] + ["amx"] + args[4:-1] + [str(tmp_path / "t")])
     assert "nothing to resume" in error(args[:-1] + [str(tmp_path / "u"), "--resume"])
     assert "is a latency" in error(["search", DEMO, "--target", "latency=0.5", "--latency", "macs", "--out",

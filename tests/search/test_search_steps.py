@@ -38,7 +38,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("steps,match", [
     ([{"search": {"strategy": "amx", "target": "macs=0.5"}}, {"prune": {"policy": "search"}}],
-     r"steps\[0\] search: strategy 'amx' must be one of amc, evolution, random, uniform"),
+     r"steps\[0\] search: strategy 'amx' must be one of amc, evolution, random, scas, snas, tas, uniform"),
     ([{"search": {"strategy": "amc"}}, {"prune": {"policy": "search"}}], r"search: target is required"),
     ([{"search": {"target": "macs=0.5", "episodes": 0}}, {"prune": {"policy": "search"}}], r"episodes = 0 must be"),
     ([{"search": {"target": "macs=2x"}}, {"prune": {"policy": "search"}}], r"search: target: "),
