@@ -26,6 +26,7 @@ so re-running the same command after an interruption continues where it stopped.
 
     .venv/bin/python tools/bench_search.py                     # the full benchmark (about an hour on 2 cores)
     .venv/bin/python tools/bench_search.py --quick             # a few minutes: 8 candidates, ORT, small data
+    .venv/bin/python tools/bench_search.py --suite gradient    # TAS, SNAS, SCAS vs AMC and uniform (bench_search_gradient.py)
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ def search_summary(result: Any, space: Any, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--suite" in argv:  # --suite amc (this file) | gradient (TAS, SNAS, SCAS: tools/bench_search_gradient.py)
+        i = argv.index("--suite")
+        suite = argv[i + 1] if i + 1 < len(argv) else ""
+        del argv[i:i + 2]
+        if suite == "gradient":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import bench_search_gradient
+
+            return bench_search_gradient.main(argv)
+        if suite != "amc":
+            raise SystemExit(f"--suite {suite!r}: choose amc (AMC and its baselines) or gradient (TAS, SNAS, SCAS)")
     args = parse_args(argv)
     import torch
 

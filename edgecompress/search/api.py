@@ -99,10 +99,8 @@ def search_command(
     has_state = (out / STATE_FILE).is_file()
     if resume and not has_state:
         raise UserError(f"nothing to resume in {str(out)!r} (no {STATE_FILE}); run without --resume")
-    if out.exists() and not resume:
-        if not force:
-            raise UserError(f"output {str(out)!r} exists; pass --resume to continue that search or --force to replace it")
-        shutil.rmtree(out)
+    if out.exists() and not resume and not force:
+        raise UserError(f"output {str(out)!r} exists; pass --resume to continue that search or --force to replace it")
     dev = get_device(device)
     if strategy in GRADIENT_STRATEGIES:
         return _gradient_command(loaded, input_shape, strategy=strategy, target=target, out=out, dev=dev,
@@ -110,6 +108,8 @@ def search_command(
                                  val_samples=val_samples, data_dir=data_dir, seed=seed, resume=resume,
                                  progress=progress, epochs=epochs, search_images=search_images,
                                  batch_size=batch_size, options=dict(options or {}))
+    if out.exists() and not resume:
+        shutil.rmtree(out)
     space = SearchSpace.from_model(loaded.model.eval(), input_shape, round_to=preferred_round_to(dev) or 8)
     evaluate = fashion_mnist_evaluator(input_shape, data_dir, val_samples=val_samples, seed=seed)
     source = search_latency(latency, dev, runtime, threads, predictor=predictor)
@@ -173,6 +173,8 @@ def _gradient_command(loaded, input_shape: tuple[int, int, int], *, strategy: st
     data = SearchData.halves(splits.train, batch_size=batch_size, seed=seed, samples=min(search_images, len(splits.train)))
     evaluate = fashion_mnist_evaluator(input_shape, data_dir, val_samples=val_samples, seed=seed)
     strat = build_gradient(strategy, options, reference=model, input_shape=input_shape, latency_source=source, seed=seed)
+    if out.exists() and not resume:  # --force, now that the settings are known to be valid
+        shutil.rmtree(out)
     result = run_gradient_search(strat, data, evaluate, reference=model, input_shape=input_shape, budget=target,
                                  latency_source=source, epochs=epochs, seed=seed, out_dir=out, resume=resume,
                                  progress=progress)

@@ -30,7 +30,8 @@ training run:
   the device's per-op table (`LatencyLUT`) for every pair of candidate widths, weighted
   by the two groups' probabilities. The loss is TAS's band loss (`gumbel.cost_loss`,
   tolerance t = 5 %, weight lambda = 2) on the expected cost as a fraction of the
-  unpruned model's, taken under softmax(logits / tau): as tau anneals, what the loss
+  unpruned model's, with the band's upper edge at the budget (the paper centres it on
+  the target; a budget is a limit), taken under softmax(logits / tau): as tau anneals, what the loss
   constrains becomes the cost of the most likely architecture, the one derived (under
   the plain softmax a spread distribution can meet the budget in expectation while its
   mode, the derived network, is far over it).
@@ -294,7 +295,9 @@ class TASStrategy(GradientStrategy):
         if self.cost_kind == "latency" and not cfg.lut:
             raise UserError("TAS with a latency cost reads a per-op latency table: pass options lut=PATH "
                             "(`edgecompress profile --device ... --out lut.json`), or search a macs target")
-        self.target = float(budget.fraction)
+        # The band sits just under the budget (its upper edge is the budget): a budget is a
+        # limit, and a child inside a band centred on it could be up to t over.
+        self.target = float(budget.fraction) / (1 + cfg.tolerance)
         self._build(data)
         self.width_logits = [torch.zeros(len(c), requires_grad=True) for c in self.choices]
         self.depth_logits = [torch.zeros(len(s.depths), requires_grad=True) for s in self.stages]

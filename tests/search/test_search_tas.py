@@ -158,3 +158,28 @@ def test_bad_options_and_targets(resnet) -> None:
         tas.setup(data(), Budget("latency", 1.0, 2.0))
     with pytest.raises(UserError, match="needs a target"):
         tas.setup(data(), None)
+
+
+def test_search_cli_tas_writes_a_loadable_child(tmp_path, capsys) -> None:
+    from support import zoo_checkpoint
+
+    from edgecompress.cli import main
+    from edgecompress.models.loading import load_model
+
+    model = zoo_checkpoint(tmp_path, "resnet20", in_channels=1, input_size=28, width_mult=0.5)
+    out = tmp_path / "s"
+    args = ["search", model, "--strategy", "tas", "--target", "macs=0.6", "--latency", "macs", "--epochs", "1",
+            "--search-images", "256", "--batch-size", "64", "--val-samples", "100", "--runtime", "onnxruntime",
+            "--out", str(out), "--option", "cost_weight=4", "--option", "width_ratios=[0.5, 0.75, 1.0]"]
+    assert main(args) == 0
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["strategy"] == "tas" and summary["epochs"] == 1 and summary["options"]["cost_weight"] == 4
+    child = load_model(str(out / "child.pt"))
+    assert analyze(child.model, (1, 28, 28)).total_macs == summary["best"]["macs"]
+    assert summary["best_measured"]["best_p50_ms"] > 0
+    capsys.readouterr()
+    assert main(args[:-4] + ["--force", "--option", "cost_wieght=4"]) == 2
+    assert "unknown TAS option 'cost_wieght' (did you mean cost_weight" in capsys.readouterr().err
+    assert main(args[:-4] + ["--force", "--option", "cost_weight"]) == 2
+    assert "must be KEY=VALUE" in capsys.readouterr().err
+    assert (out / "child.pt").is_file()  # a refused --force run leaves the previous search alone
