@@ -192,11 +192,29 @@ def _prune_title(run: dict[str, Any]) -> str:
     return run.get("target") or f"ratio {config.get('ratio')}"
 
 
+def _gradient_search_section(i: int, run: dict[str, Any]) -> list[str]:
+    """A tas/snas/scas search step: what it trained on, its child and each epoch's child."""
+    p, meta, r = run["params"], run["meta"], run["searched"]
+    best = r["best"]
+    lines = ["", f"## Step search #{i + 1}: {p['strategy']} (gradient search), target {p['target']}", "",
+             f"{r['epochs']} epochs over {p['search_images']} training images (half for the weights, half for the "
+             f"architecture), {r['seconds']:.0f} s; limit {meta.get('limit', float('nan')):,.4g} "
+             f"({meta['budget']}); latency from {meta.get('latency_source') or 'nowhere (MACs only)'}. The child of "
+             f"the last epoch replaces the model: MACs x{r['macs_ratio']:.3f}, params x{r['params_ratio']:.3f}, "
+             f"top-1 {100 * best['accuracy']:.2f}% on {p['val_samples']} validation images with the weights it inherits "
+             f"(TAS: the original's; SNAS, SCAS: the supernet's) before the steps after it{'' if best['feasible'] else ' — OVER the limit'}. Log and plot: "
+             f"`search/{p['strategy']}/`.", ""]
+    return lines + [f"- note: {n}" for n in meta.get("notes", [])]
+
+
 def _step_sections(steps: dict[str, Any]) -> list[str]:
     """What each compression step did: widths per pruned layer, sparsity per layer, epochs of fine-tuning."""
     lines: list[str] = []
     for i, run in enumerate(steps.get("search", [])):
         p, meta = run["params"], run["meta"]
+        if meta.get("kind") == "gradient":
+            lines += _gradient_search_section(i, run)
+            continue
         lines += ["", f"## Step search #{i + 1}: {p['strategy']}, target {p.get('target', 'none')}", "",
                   f"{meta.get('constraint', 'no budget')}; reward {p['reward']}; latency from "
                   f"{meta.get('latency_source') or 'nowhere (MACs only)'}. Candidates are scored on {p['val_samples']} "

@@ -261,8 +261,8 @@ def _gradient_step(model: nn.Module, p: dict[str, Any], ctx: StepContext) -> nn.
     lat = f", {best['latency_ms']:.3f} ms" if best.get("latency_ms") is not None else ""
     over = "" if best["feasible"] else f" WARNING: the child is over the target {p['target']}."
     ctx.notes.append(f"search {p['strategy']} ({p['target']}, {len(result.log)} epochs over {p['search_images']} "
-                     f"training images, {seconds:.0f} s): child top-1 {best['accuracy']:.2%} with the search's "
-                     f"weights, before fine-tuning, on {p['val_samples']} validation images; MACs "
+                     f"training images, {seconds:.0f} s): child top-1 {best['accuracy']:.2%} with the weights it "
+                     f"inherits, before fine-tuning, on {p['val_samples']} validation images; MACs "
                      f"x{record['searched']['macs_ratio']:.3f}, params x{record['searched']['params_ratio']:.3f}{lat}."
                      f"{over}")
     if not best["feasible"]:

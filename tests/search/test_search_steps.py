@@ -55,6 +55,13 @@ def checkpoint(tmp_path_factory):
     ([{"search": {"target": "macs=0.5", "compare_uniform": True}}, {"prune": {"policy": "search"}},
       {"search": {"target": "macs=0.5", "compare_uniform": True}}, {"prune": {"policy": "search"}}],
      r"only one search step may set compare_uniform"),
+    ([{"search": {"strategy": "tas", "target": "macs=0.5", "compare_uniform": True}}],
+     r"compare_uniform: the tas search replaces the model with its child"),
+    ([{"search": {"strategy": "tas", "target": "macs=0.5"}}, {"prune": {"policy": "search"}}],
+     r"steps\[1\] prune: policy 'search' needs a search step before it \(AMC, evolution, random or uniform; "
+     r"a tas/snas/scas search leaves a network"),
+    ([{"search": {"strategy": "snas", "target": "latency=0.5", "search_images": 100}}],
+     r"search_images = 100 must be an integer >= 256"),
 ])
 def test_search_recipes_are_checked_when_read(steps, match) -> None:
     with pytest.raises(UserError, match=match):
@@ -157,3 +164,25 @@ def test_interrupted_search_step_resumes_on_rerun(tmp_path, checkpoint, monkeypa
     assert "resuming from" in capsys.readouterr().out
     assert calls["n"] == 3 + 2  # episodes 1-2 came from the checkpoint: only 3 and 4 were scored again
     assert report["steps"]["search"][0]["searched"]["episodes"] == 4
+
+
+def test_tas_step_hands_its_child_to_finetune_and_the_bundle(tmp_path) -> None:
+    """compress: search with TAS (1 epoch, tiny data), KD fine-tune, export; model.pt rebuilds the child."""
+    arch = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width_mult": 0.5}
+    model = zoo_checkpoint(tmp_path, "resnet20", **arch)
+    recipe = recipe_from_dict({**BASE, "steps": [
+        {"search": {"strategy": "tas", "target": "macs=0.6", "epochs": 1, "search_images": 256, "batch_size": 64,
+                    "val_samples": 100, "bn_batches": 1, "latency": "macs", "options": {"cost_weight": 4}}},
+        {"finetune": {"epochs": 1, "train_samples": 128, "batch_size": 64}},
+    ]})
+    out = tmp_path / "bundle"
+    report = run_compress(model, recipe, device="host", out=out)
+    verify_bundle(out)
+    (record,) = report["steps"]["search"]
+    assert record["searched"]["strategy"] == "tas" and record["searched"]["epochs"] == 1
+    after = report["variants"]["after"]
+    child = load_model(str(out / "model.pt"))
+    assert analyze(child.model, (1, 28, 28)).total_macs == after["macs"] == record["searched"]["best"]["macs"]
+    assert {"search/tas/search_log.json", "search/tas/search.png", "search/tas/best_arch.json"} <= {
+        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert any(n.startswith("search tas (macs=0.6, 1 epochs") for n in report["notes"])
