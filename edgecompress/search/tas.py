@@ -561,7 +561,7 @@ class _CostModel:
     def _fraction(self, width_probs: Sequence[torch.Tensor], depth_probs: Sequence[torch.Tensor]) -> torch.Tensor:
         alive = self._survival(depth_probs)
         if self.kind == "latency":
-            return self._lat.fraction(width_probs, alive)
+            return self._lat.fraction(width_probs, alive, depth_probs)
         frac = self._base.clone()
         expected = torch.stack([(p * f).sum() for p, f in zip(width_probs, self._fracs)])
         frac = frac.index_put((self._slots,), expected)
@@ -597,8 +597,8 @@ class _LatencyTerms:
 
     For a conv/linear layer reading group a and writing group b, table[i, j] is the table's
     latency of that kernel with a at candidate i and b at candidate j; its expectation is
-    p_a^T table p_b. Kernels no searched group touches (pooling, the classifier when its
-    input is fixed...) are constant. Everything is the table's sum, as a fraction of the
+    p_a^T table p_b. Other kernels (pooling, residual adds...) are charged at their
+    full-width entry, times the survival probability of the block they run in. Everything is the table's sum, as a fraction of the
     unpruned model's sum (the per-invocation overhead is left out on both sides).
     """
 
@@ -611,11 +611,15 @@ class _LatencyTerms:
         dec = decompose(model, tas.input_shape, lut.runtime, lut.threads)
         gm = fx.symbolic_trace(model)
         target_of = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
+        # the innermost module a node runs in (an add inside a block belongs to that block)
+        scope_of = {n.name: next(reversed(n.meta["nn_module_stack"])) for n in gm.graph.nodes
+                    if n.meta.get("nn_module_stack")}
         space = tas.space
         searched = {g.slot: i for i, g in enumerate(space.groups)}
         terms = {t.name: t for t in space.terms}
         self.tas = tas
         self.const = 0.0
+        self.block_const: dict[tuple[int, int], float] = {}  # kernels inside a depth-searched block
         self.entries: list[tuple[int | None, int | None, torch.Tensor, int]] = []  # (in grp, out grp, table, term idx)
         term_index = {t.name: i for i, t in enumerate(space.terms)}
         full_sum = 0.0
@@ -625,7 +629,13 @@ class _LatencyTerms:
             base = lut.lookup(k.sig)
             full_sum += base
             if term is None or k.sig.op not in ("conv", "dwconv", "gconv", "linear"):
-                self.const += base
+                scope = next((target_of.get(n) or scope_of.get(n) for n in k.nodes
+                              if target_of.get(n) or scope_of.get(n)), None)
+                where = tas.block_of(scope) if scope else None
+                if where is None:
+                    self.const += base
+                else:
+                    self.block_const[where] = self.block_const.get(where, 0.0) + base
                 continue
             gin = _single(term.ins, searched) if not term.grouped else None
             gout = _single(term.outs, searched)
@@ -649,8 +659,12 @@ class _LatencyTerms:
         g = tas.space.groups[group]
         return [max(1, round(full * c / g.units)) for c in tas.choices[group]]
 
-    def fraction(self, width_probs: Sequence[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
+    def fraction(self, width_probs: Sequence[torch.Tensor], alive: torch.Tensor,
+                 depth_probs: Sequence[torch.Tensor]) -> torch.Tensor:
         total = torch.tensor(self.const)
+        for (si, pos), ms in self.block_const.items():
+            depths = torch.tensor(self.tas.stages[si].depths)
+            total = total + ms * (depth_probs[si] * (depths > pos).float()).sum()
         one = torch.ones(1)
         for gin, gout, table, ti in self.entries:
             p_in = width_probs[gin] if gin is not None else one

@@ -183,3 +183,52 @@ def test_search_cli_tas_writes_a_loadable_child(tmp_path, capsys) -> None:
     assert main(args[:-4] + ["--force", "--option", "cost_weight"]) == 2
     assert "must be KEY=VALUE" in capsys.readouterr().err
     assert (out / "child.pt").is_file()  # a refused --force run leaves the previous search alone
+
+
+def _table(model, path, drop: str | None = None):
+    """A latency table with one entry per kernel kind the model uses (ms = 1 us per 1k MACs or
+    elements), which every lookup scales from: enough to check the expected-latency algebra."""
+    from edgecompress.latency.lut import LatencyLUT, LutEntry
+    from edgecompress.latency.predictor import decompose
+
+    lut = LatencyLUT({"id": "test"}, "onnxruntime", 1)
+    seen = set()
+    for k in decompose(model, SHAPE, "onnxruntime", 1).kernels:
+        if k.sig.op in seen or k.sig.op == drop:
+            continue
+        seen.add(k.sig.op)
+        ops, nbytes = k.sig.work()
+        lut.add(LutEntry(k.sig, (ops + nbytes) * 1e-6, (ops + nbytes) * 1e-6, 0.0))
+    lut.save(path)
+    return str(path)
+
+
+def test_latency_cost_from_the_devices_table(resnet, tmp_path) -> None:
+    from edgecompress.latency.lut import LatencyLUT
+    from edgecompress.latency.predictor import decompose
+
+    lut = _table(resnet, tmp_path / "lut.json")
+    tas = TASStrategy(resnet, SHAPE, TASConfig(lut=lut))
+    tas.setup(data(), Budget("latency", 0.5, 1.0))
+    with torch.no_grad():
+        for lg in [*tas.width_logits, *tas.depth_logits]:
+            lg[-1] = 50.0  # everything at full width and depth
+    assert tas._cost.argmax_fraction() == pytest.approx(1.0, rel=1e-6)
+    with torch.no_grad():
+        for lg in [*tas.width_logits, *tas.depth_logits]:
+            lg[-1], lg[0] = 0.0, 50.0  # narrowest and shallowest
+    child = tas.derive().model
+    table = LatencyLUT.load(lut)
+    child_sum = sum(table.lookup(k.sig) for k in decompose(child, SHAPE, "onnxruntime", 1).kernels)
+    # conv/linear entries are exact per candidate; pooling/add kernels are charged at their full
+    # width (times their block's survival), so at the narrowest everything the estimate is high
+    estimate, exact = tas._cost.argmax_fraction(), child_sum / tas._cost._lat.full
+    assert exact < estimate < 1.2 * exact
+    with torch.no_grad():
+        for lg in [*tas.width_logits, *tas.depth_logits]:
+            lg.zero_()
+    (grad,) = torch.autograd.grad(tas._cost.expected_fraction(), tas.width_logits[0])
+    assert grad[-1] > 0 > grad[0]  # the widest candidate costs the most latency
+    missing = _table(resnet, tmp_path / "no_add.json", drop="add")
+    with pytest.raises(UserError, match=r"no 'add' blocks.*edgecompress profile"):
+        TASStrategy(resnet, SHAPE, TASConfig(lut=missing)).setup(data(), Budget("latency", 0.5, 1.0))
