@@ -38,7 +38,10 @@ training run:
 - Updates alternate, as in the paper: a weight step (cross-entropy, SGD) on a batch of
   one half of the training images, an architecture step (cross-entropy + lambda * cost,
   Adam) on a batch of the other half. The temperature anneals from 10 to 0.1.
-- Derivation: the most likely width per group and depth per stage; the network is
+- Derivation: the most likely width per group and depth per stage (when that is over
+  the budget, the groups or stages that give up the least log-probability per unit of
+  cost saved step down one candidate until it fits: the band loss acts on the
+  tempered expectation, whose mode can still be a few percent over); the network is
   built by pruning the *pretrained* model to those widths (`SearchSpace.apply`, keeping
   the most important channels) and replacing the dropped blocks by nn.Identity. The
   paper then trains it with knowledge distillation from the original (T = 4, alpha =
@@ -297,7 +300,8 @@ class TASStrategy(GradientStrategy):
                             "(`edgecompress profile --device ... --out lut.json`), or search a macs target")
         # The band sits just under the budget (its upper edge is the budget): a budget is a
         # limit, and a child inside a band centred on it could be up to t over.
-        self.target = float(budget.fraction) / (1 + cfg.tolerance)
+        self.budget_fraction = float(budget.fraction)
+        self.target = self.budget_fraction / (1 + cfg.tolerance)
         self._build(data)
         self.width_logits = [torch.zeros(len(c), requires_grad=True) for c in self.choices]
         self.depth_logits = [torch.zeros(len(s.depths), requires_grad=True) for s in self.stages]
@@ -377,14 +381,50 @@ class TASStrategy(GradientStrategy):
                    derived_cost=float(self._cost.argmax_fraction()))
         return out
 
+    def _within_budget(self) -> tuple[list[int], list[int], int]:
+        """Candidate indices (widths, depths) of the most likely architecture within the budget.
+
+        Start from the argmax of every distribution; while its cost is over the budget,
+        step one group (or stage) down to its next narrower (shallower) candidate, the one
+        that gives up the least log-probability per unit of cost saved. Returns the
+        indices and how many steps that took (0: the argmax itself fits)."""
+        w = [int(lg.argmax()) for lg in self.width_logits]
+        d = [int(lg.argmax()) for lg in self.depth_logits]
+        logp_w = [F.log_softmax(lg.detach(), -1) for lg in self.width_logits]
+        logp_d = [F.log_softmax(lg.detach(), -1) for lg in self.depth_logits]
+        cost = self._cost.fraction_of(w, d)
+        steps = 0
+        while cost > self.budget_fraction * (1 + 1e-9):
+            best: tuple[float, str, int, float] | None = None
+            for kind, idx, logp in (("w", w, logp_w), ("d", d, logp_d)):
+                for g, i in enumerate(idx):
+                    if i == 0:
+                        continue
+                    trial = list(idx)
+                    trial[g] -= 1
+                    after = self._cost.fraction_of(trial, d) if kind == "w" else self._cost.fraction_of(w, trial)
+                    saved = cost - after
+                    if saved <= 0:
+                        continue
+                    score = float(logp[g][i] - logp[g][i - 1]) / saved
+                    if best is None or score < best[0]:
+                        best = (score, kind, g, after)
+            if best is None:  # everything at its smallest candidate
+                break
+            _, kind, g, cost = best
+            (w if kind == "w" else d)[g] -= 1
+            steps += 1
+        return w, d, steps
+
     def derive(self) -> Derived:
-        units = [c[int(torch.argmax(lg))] for c, lg in zip(self.choices, self.width_logits)]
+        w_idx, d_idx, projected = self._within_budget()
+        units = [c[i] for c, i in zip(self.choices, w_idx)]
         policy = self.space.from_units(units)
         child = self.space.apply(policy, self.reference)
         removed: list[str] = []
         depths: dict[str, int] = {}
-        for stage, lg in zip(self.stages, self.depth_logits):
-            d = stage.depths[int(torch.argmax(lg))]
+        for stage, i in zip(self.stages, d_idx):
+            d = stage.depths[i]
             depths[stage.name] = d
             removed.extend(stage.blocks[d:])
         for name in removed:
@@ -396,7 +436,9 @@ class TASStrategy(GradientStrategy):
             "depth_probs": {s.name: [round(float(p), 4) for p in F.softmax(lg.detach(), -1)]
                             for s, lg in zip(self.stages, self.depth_logits)},
             "expected_cost": round(float(self._cost.expected_fraction().detach()), 6),
-            "derived_cost": round(float(self._cost.argmax_fraction()), 6), "cost": self.cost_kind,
+            "argmax_cost": round(float(self._cost.argmax_fraction()), 6),
+            "derived_cost": round(self._cost.fraction_of(w_idx, d_idx), 6), "cost": self.cost_kind,
+            "steps_to_budget": projected,
         }
         return Derived(child.eval(), arch, removed=removed)
 
@@ -404,10 +446,12 @@ class TASStrategy(GradientStrategy):
         return {"net": self.net.state_dict(), "width_logits": [t.detach().clone() for t in self.width_logits],
                 "depth_logits": [t.detach().clone() for t in self.depth_logits], "w_opt": self.w_opt.state_dict(),
                 "a_opt": self.a_opt.state_dict(), "step": self.step, "target": self.target,
+                "budget_fraction": self.budget_fraction,
                 "cost_kind": self.cost_kind}
 
     def load_state_dict(self, state: dict[str, Any], data: SearchData) -> None:
         self.target, self.cost_kind = float(state["target"]), state["cost_kind"]
+        self.budget_fraction = float(state["budget_fraction"])
         self._build(data)
         self.net.load_state_dict(state["net"])
         self.width_logits = [t.clone().requires_grad_(True) for t in state["width_logits"]]
@@ -584,12 +628,17 @@ class _CostModel:
                               [F.softmax(lg / tau, -1) for lg in self.tas.depth_logits])
 
     def argmax_fraction(self) -> float:
-        """The cost fraction of the most likely architecture (the one `derive` builds)."""
-        def one_hot(lg: torch.Tensor) -> torch.Tensor:
-            return F.one_hot(lg.detach().argmax(), lg.numel()).float()
+        """The cost fraction of the most likely architecture."""
+        return self.fraction_of([int(lg.argmax()) for lg in self.tas.width_logits],
+                                [int(lg.argmax()) for lg in self.tas.depth_logits])
+
+    def fraction_of(self, widths: Sequence[int], depths: Sequence[int]) -> float:
+        """The cost fraction of one architecture: candidate indices per group and per stage."""
+        def one_hot(i: int, n: int) -> torch.Tensor:
+            return F.one_hot(torch.tensor(i), n).float()
         with torch.no_grad():
-            return float(self._fraction([one_hot(lg) for lg in self.tas.width_logits],
-                                        [one_hot(lg) for lg in self.tas.depth_logits]))
+            return float(self._fraction([one_hot(i, len(c)) for i, c in zip(widths, self.tas.choices)],
+                                        [one_hot(i, len(s.depths)) for i, s in zip(depths, self.tas.stages)]))
 
 
 class _LatencyTerms:

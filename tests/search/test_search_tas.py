@@ -232,3 +232,22 @@ def test_latency_cost_from_the_devices_table(resnet, tmp_path) -> None:
     missing = _table(resnet, tmp_path / "no_add.json", drop="add")
     with pytest.raises(UserError, match=r"no 'add' blocks.*edgecompress profile"):
         TASStrategy(resnet, SHAPE, TASConfig(lut=missing)).setup(data(), Budget("latency", 0.5, 1.0))
+
+
+def test_derivation_steps_down_to_the_budget_by_least_likelihood_lost(resnet) -> None:
+    tas = strategy(resnet)  # budget: half the MACs
+    with torch.no_grad():
+        for i, lg in enumerate(tas.width_logits):
+            lg.copy_(torch.linspace(0.0, 1.0 + i, lg.numel()))  # the widest most likely; later groups surer
+        for lg in tas.depth_logits:
+            lg.copy_(torch.linspace(0.0, 20.0, lg.numel()))  # every block kept, surely
+    assert tas._cost.argmax_fraction() == pytest.approx(1.0)
+    derived = tas.derive()
+    whole = analyze(resnet, SHAPE).total_macs
+    macs = analyze(derived.model, SHAPE).total_macs
+    assert macs <= 0.5 * whole and derived.arch["steps_to_budget"] > 0
+    assert derived.arch["derived_cost"] == pytest.approx(macs / whole, rel=1e-4)
+    # the least sure groups (the first ones) gave up more of their width than the surest
+    keep = derived.arch["keep"]
+    assert keep[0] < 1.0 and keep[-1] == 1.0
+    assert derived.removed == []  # giving up a block would cost far more likelihood
