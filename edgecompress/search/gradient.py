@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import abc
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 from edgecompress.devices.base import DeviceUnavailableError
 from edgecompress.errors import UserError
 from edgecompress.fsutil import atomic_write_json
-from edgecompress.search.runner import (FORMAT, LOG_FILE, PLOT_FILE, STATE_FILE, SearchPaused, SearchResult,
+from edgecompress.search.runner import (FORMAT, LOG_FILE, PLOT_FILE, STATE_FILE, SearchPaused, SearchProgress,
+                                        SearchResult,
                                         _latency_hit, _parse_budget, _save_state, plot_search)
 from edgecompress.train.seed import rng_states, set_rng_states
 
@@ -191,8 +191,6 @@ def run_gradient_search(
     "latency=0.6": 0.6 of its latency measured by `latency_source`). The result's `model`
     is the last epoch's child, `arch` its description, `best` its record.
     """
-    from edgecompress.train.progress import make_console, make_progress, progress_enabled
-
     if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1):
         raise UserError(f"epochs = {epochs!r}: a gradient search needs at least 1 epoch")
     target = _parse_budget(budget) if budget is not None else None
@@ -249,19 +247,13 @@ def run_gradient_search(
         checkpoint()
 
     steps = strategy.steps_per_epoch()
-    show = progress_enabled(progress)
-    console = make_console(progress)
-    bars = make_progress(console) if show else None
-    try:
-        if bars is not None:
-            bars.start()
-            task = bars.add_task(f"search {strategy.name}", total=epochs * steps, completed=len(log) * steps, info="")
+    with SearchProgress(progress, f"search {strategy.name}", epochs * steps, len(log) * steps, out, "epochs") as bar:
+        bar.done = len(log)
         for epoch in range(len(log), epochs):
             t0 = time.perf_counter()
 
             def tick(done: int, info: str, epoch: int = epoch) -> None:
-                if bars is not None:
-                    bars.update(task, completed=epoch * steps + done, info=f"epoch {epoch + 1}/{epochs} {info}")
+                bar.update(epoch * steps + done, f"epoch {epoch + 1}/{epochs} {info}")
 
             try:
                 stats = strategy.train_epoch(epoch, epochs, tick)
@@ -284,22 +276,9 @@ def run_gradient_search(
             checkpoint()
             line = (f"child acc {record['accuracy']:.2%} MACs {record['macs']:,} "
                     f"lat {'-' if record['latency_ms'] is None else format(record['latency_ms'], '.4g') + ' ms'}")
-            if bars is not None:
-                bars.update(task, completed=(epoch + 1) * steps, info=f"epoch {epoch + 1}/{epochs} {line}")
-            elif progress is not False:
-                console.print(f"search {strategy.name} epoch {epoch + 1}/{epochs}: {line}", markup=False,
-                              highlight=False)
-    except KeyboardInterrupt:
-        if bars is not None:
-            bars.stop()
-            bars = None
-        if out is not None:
-            print(f"search interrupted after {len(log)} epochs; continue it with resume=True "
-                  f"(checkpoint {out / STATE_FILE})", file=sys.stderr)
-        raise
-    finally:
-        if bars is not None:
-            bars.stop()
+            bar.done = len(log)
+            bar.update((epoch + 1) * steps, f"epoch {epoch + 1}/{epochs} {line}",
+                       f"search {strategy.name} epoch {epoch + 1}/{epochs}: {line}")
 
     derived = strategy.derive()
     files: dict[str, str] = {}

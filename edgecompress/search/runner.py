@@ -184,6 +184,42 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.4g}{unit}"
 
 
+class SearchProgress:
+    """A search's progress: a rich bar on a terminal (else a line now and then), and on
+    Ctrl-C the bar stopped and a line saying how to resume. Use as a context manager;
+    `update(completed, info, line)` moves the bar, or prints `line` when given and there
+    is no bar; `done` is what the resume hint counts (episodes, epochs)."""
+
+    def __init__(self, progress: bool | str, title: str, total: int, completed: int, out: Path | None,
+                 unit: str) -> None:
+        from edgecompress.train.progress import make_console, make_progress, progress_enabled
+
+        self.progress, self.title, self.total, self.out, self.unit = progress, title, total, out, unit
+        self.console = make_console(progress)
+        self.bars = make_progress(self.console) if progress_enabled(progress) else None
+        self.completed = completed
+        self.done = 0
+
+    def __enter__(self) -> SearchProgress:
+        if self.bars is not None:
+            self.bars.start()
+            self.task = self.bars.add_task(self.title, total=self.total, completed=self.completed, info="")
+        return self
+
+    def update(self, completed: int, info: str, line: str | None = None) -> None:
+        if self.bars is not None:
+            self.bars.update(self.task, completed=completed, info=info)
+        elif self.progress is not False and line is not None:
+            self.console.print(line, markup=False, highlight=False)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+        if exc_type is KeyboardInterrupt and self.out is not None:
+            print(f"search interrupted after {self.done} {self.unit}; continue it with resume=True "
+                  f"(checkpoint {self.out / STATE_FILE})", file=sys.stderr)
+
+
 def run_search(
     strategy: str | Strategy,
     space: SearchSpace,
@@ -216,8 +252,6 @@ def run_search(
         no resume). resume: continue the search saved there.
     progress: True (bar on a terminal, a line every tenth of the run in logs), False, "always".
     """
-    from edgecompress.train.progress import make_console, make_progress, progress_enabled
-
     if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
         raise UserError(f"episodes = {episodes!r}: a search needs at least 1 episode (one evaluated candidate)")
     rew = make_reward(reward, **dict(reward_options or {}))
@@ -321,15 +355,10 @@ def run_search(
         out.mkdir(parents=True, exist_ok=True)
         checkpoint()
 
-    show = progress_enabled(progress)
-    console = make_console(progress)
-    bars = make_progress(console) if show else None
     every = max(1, episodes // 10)
     stopped_early = False
-    try:
-        if bars is not None:
-            bars.start()
-            task = bars.add_task(f"search {strat.name}", total=episodes, completed=len(log), info="")
+    with SearchProgress(progress, f"search {strat.name}", episodes, len(log), out, "episodes") as bar:
+        bar.done = len(log)
         while len(log) < episodes:
             if strat.finished:
                 stopped_early = True
@@ -372,21 +401,9 @@ def run_search(
             best = _best(log, rew, meta)
             line = (f"best R {best['reward']:.4f} acc {best['accuracy']:.2%} lat {_fmt(best['latency_ms'], ' ms')} "
                     f"MACs {_fmt(best['macs'])}") if best else "no candidate within budget yet"
-            if bars is not None:
-                bars.update(task, completed=len(log), info=line)
-            elif progress is not False and len(log) % every == 0:
-                console.print(f"search {strat.name} {len(log)}/{episodes}: {line}", markup=False, highlight=False)
-    except KeyboardInterrupt:
-        if bars is not None:
-            bars.stop()
-            bars = None
-        if out is not None:
-            print(f"search interrupted after {len(log)} episodes; continue it with resume=True "
-                  f"(checkpoint {out / STATE_FILE})", file=sys.stderr)
-        raise
-    finally:
-        if bars is not None:
-            bars.stop()
+            bar.done = len(log)
+            bar.update(len(log), line, f"search {strat.name} {len(log)}/{episodes}: {line}"
+                       if len(log) % every == 0 else None)
 
     best = _best(log, rew, meta)
     files: dict[str, str] = {}
