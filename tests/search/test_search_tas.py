@@ -105,7 +105,7 @@ def test_width_sites_interpolate_the_most_important_channels_first(resnet) -> No
     assert not torch.allclose(tas.net(torch.ones(1, *SHAPE)), ref, atol=1e-3)
 
 
-def test_search_runs_logs_and_resumes_exactly(resnet, tmp_path) -> None:
+def test_search_runs_logs_and_resumes_exactly(resnet, tmp_path, capsys) -> None:
     def run(out, resume=False, evaluate=lambda m: 0.5):
         torch.manual_seed(0)
         tas = TASStrategy(resnet, SHAPE, TASConfig())
@@ -123,6 +123,7 @@ def test_search_runs_logs_and_resumes_exactly(resnet, tmp_path) -> None:
     whole, straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", evaluate=interrupted)
+    assert "search interrupted after 1 epochs; continue it with resume=True" in capsys.readouterr().err
     assert len(json.loads((tmp_path / "b" / "search_log.json").read_text())["episodes"]) == 1
     again, resumed = run(tmp_path / "b", resume=True)
     for x, y in zip(whole.width_logits + whole.depth_logits, again.width_logits + again.depth_logits):
