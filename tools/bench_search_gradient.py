@@ -14,7 +14,7 @@ trained by `tools/train_demo_model.py --arch resnet20`), this host as the device
   (the same cost by the count, so the comparison is what each penalty buys in measured
   latency). Each child: accuracy with the supernet's weights (no retraining), then
   retrained from scratch for `--retrain-epochs` and tested.
-- `scas`: SCAS at a params budget (default params=0.25 of ResNet-20); the sparse child
+- `scas`: SCAS at a final sparsity (default 0.7; or a nonzero-params budget); the sparse child
   is fine-tuned keeping its zeros, its dense twin (same cells, dense weights) the same
   way; params and MACs reduction of the sparse vs the dense network.
 - One interleaved measurement (ONNX Runtime and LiteRT, 1 thread, several trials) of
@@ -44,10 +44,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "bench" / "fmnist_resnet20.pt"
 PARTS = ("tas", "snas", "scas")
-QUICK = {"search_images": 512, "tas_epochs": 1, "snas_epochs": 1, "scas_epochs": 1, "amc_episodes": 3,
+QUICK = {"search_images": 512, "snas_images": 512, "scas_images": 512, "tas_epochs": 1, "snas_epochs": 1, "scas_epochs": 1, "amc_episodes": 3,
          "ft_epochs": 1, "retrain_epochs": 1, "train_limit": 512, "test_limit": 500, "val_samples": 200, "trials": 2,
          "runs": 30}
-DEFAULTS = {"search_images": 10000, "tas_epochs": 10, "snas_epochs": 10, "scas_epochs": 10, "amc_episodes": 40,
+DEFAULTS = {"search_images": 10000, "snas_images": 4000, "scas_images": 6000, "tas_epochs": 10, "snas_epochs": 5, "scas_epochs": 6, "amc_episodes": 40,
             "ft_epochs": 2, "retrain_epochs": 3, "train_limit": 20000, "test_limit": None, "val_samples": 1000,
             "trials": 5, "runs": 200}
 
@@ -62,7 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--tas-target", default="macs=0.5")
     p.add_argument("--snas-target", default="latency=0.5", help="of ResNet-20's measured latency")
-    p.add_argument("--scas-target", default="params=0.25", help="nonzero params, of ResNet-20's")
+    p.add_argument("--scas-target", default=None, help="a nonzero-params budget (e.g. params=0.25 of ResNet-20's); "
+                   "default none: --scas-sparsity decides")
+    p.add_argument("--scas-sparsity", type=float, default=0.7, help="SCAS's final sparsity without a target (default 0.7)")
+    p.add_argument("--snas-space", default="mobile_small", help="SNAS's search space (default mobile_small: 6 choices "
+                   "per block; `mobile`'s 14 cost 3x the time per epoch)")
     p.add_argument("--runtime", default="onnxruntime", choices=("litert", "onnxruntime"),
                    help="what SNAS's latency table and budget are measured with (default onnxruntime)")
     for key in DEFAULTS:
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     train_set = pick(splits.train, args.train_limit)
     test_loader = make_loader(pick(splits.test, args.test_limit), batch_size=512, shuffle=False)
     val_loader = make_loader(pick(splits.val, 2000), batch_size=512, shuffle=False)
-    search_data = SearchData.halves(splits.train, batch_size=128, seed=args.seed, samples=args.search_images)
+    def search_data(images: int) -> SearchData:
+        return SearchData.halves(splits.train, batch_size=128, seed=args.seed, samples=images)
     base = analyze(model, shape)
     report: dict[str, Any] = {
         "schema": "edgecompress.bench_search_gradient/1", "complete": False,
@@ -169,20 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         return {"test_top1": test_top1(student), "finetune_seconds": round(time.perf_counter() - t0, 1),
                 "val_top1_epochs": [e.val_top1 for e in history.epochs]}
 
-    def gradient(name: str, strategy: str, budget: str, epochs: int, options: dict, src=None) -> Any:
+    def gradient(name: str, strategy: str, budget: str, epochs: int, images: int, options: dict, src=None) -> Any:
         folder = out / name
         resume = (folder / STATE_FILE).is_file()
-        log(f"search {name}: {strategy}, {budget}, {epochs} epochs over {args.search_images} images"
+        log(f"search {name}: {strategy}, {budget}, {epochs} epochs over {images} images"
             + (" (resuming)" if resume else ""))
         strat = build_gradient(strategy, options, reference=model, input_shape=shape, latency_source=src or source,
                                seed=args.seed)
         t0 = time.perf_counter()
-        result = run_gradient_search(strat, search_data, evaluator, reference=model, input_shape=shape, budget=budget,
+        result = run_gradient_search(strat, search_data(images), evaluator, reference=model, input_shape=shape, budget=budget,
                                      latency_source=src or source, epochs=epochs, seed=args.seed, out_dir=folder,
                                      resume=resume, progress=True)
         best = result.best
         report["results"][name] = {
-            "kind": strategy, "budget": budget, "epochs": epochs, "options": options,
+            "kind": strategy, "budget": budget, "epochs": epochs, "images": images, "options": options,
             "search_seconds": round(time.perf_counter() - t0, 1),
             "search_wall_s": round(sum(r["wall_s"] for r in result.log), 1),
             "inherited_val_top1": best["accuracy"], "macs": best["macs"], "params": best["params"],
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- TAS vs uniform vs AMC on ResNet-20 ------------------------------------------------
     if "tas" in args.parts:
-        tas = gradient("tas", "tas", args.tas_target, args.tas_epochs, {})
+        tas = gradient("tas", "tas", args.tas_target, args.tas_epochs, args.search_images, {})
         child = tas.model
         report["results"]["tas"].update(tune("tas", child, model))
         models["tas"] = child
@@ -220,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- SNAS: latency penalty vs MACs penalty ---------------------------------------------
     if "snas" in args.parts:
-        lat = gradient("snas_latency", "snas", args.snas_target, args.snas_epochs, {"penalty": "latency"})
+        lat = gradient("snas_latency", "snas", args.snas_target, args.snas_epochs, args.snas_images,
+                       {"penalty": "latency", "space": args.snas_space})
         macs_budget = f"macs={lat.best['macs'] / base.total_macs * (1 + 1e-6):.6f}"
-        mac = gradient("snas_macs", "snas", macs_budget, args.snas_epochs, {"penalty": "macs"})
+        mac = gradient("snas_macs", "snas", macs_budget, args.snas_epochs, args.snas_images,
+                       {"penalty": "macs", "space": args.snas_space})
         for name, result in (("snas_latency", lat), ("snas_macs", mac)):
             models[name] = result.model
             scratch = copy.deepcopy(result.model)
@@ -245,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     if "scas" in args.parts:
         from edgecompress.search import scas as scas_module
 
-        result = gradient("scas", "scas", args.scas_target, args.scas_epochs, {})
+        result = gradient("scas", "scas", args.scas_target, args.scas_epochs, args.scas_images,
+                          {} if args.scas_target else {"final_sparsity": args.scas_sparsity})
         sparse = result.model
-        dense = scas_module.dense_twin(result.derived)
+        dense = scas_module.dense_twin(result.derived).model
         report["results"]["scas"].update(tune("scas", sparse, model, hooks=scas_module.sparse_finetune_hooks(sparse)))
         report["results"]["scas_dense"] = {"kind": "scas dense twin", **tune("scas_dense", dense, model),
                                            "params": analyze(dense, shape).total_params,
@@ -305,7 +313,7 @@ def judge(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
                                        f"vs {other} {acc(other):.2%} (MACs x{res[other]['macs'] / report['model']['macs']:.3f})"})
         secs = res["tas"]["search_seconds"]
         out.append({"target": "TAS search under 30 CPU-minutes on this host (2 cores)", "met": secs < 1800,
-                    "figures": f"{secs:.0f} s for {res['tas']['epochs']} epochs over {args.search_images} images "
+                    "figures": f"{secs:.0f} s for {res['tas']['epochs']} epochs over {res['tas']['images']} images "
                                "(the paper: 3.8 GPU-hours for ResNet-32 on CIFAR-10)"})
     lat = res.get("snas_latency")
     if lat and lat.get("limit"):
@@ -357,7 +365,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- device: **{report['device']['name']}** (host CPU, not a phone) — {fp.get('cpu_model', '?')}, "
         f"{fp.get('logical_cores', '?')} logical cores, fingerprint `{fp.get('id', '?')}`; torch threads "
         f"{report['torch_threads']}",
-        f"- searches learn from {s['search_images']} training images (half weights, half architecture); children are "
+        f"- searches learn from {s['search_images']} (TAS), {s['snas_images']} (SNAS), {s['scas_images']} (SCAS) training "
+        "images (half weights, half architecture); children are "
         f"scored on {s['val_samples']} validation images; fine-tuning: KD T=4 alpha=0.9, {s['ft_epochs']} epoch(s), lr "
         f"{s['lr']}, {s['train_limit'] or 'all'} training images; SNAS retraining from scratch: {s['retrain_epochs']} "
         f"epoch(s); test top-1 on {s['test_limit'] or 'all 10k'} test images",

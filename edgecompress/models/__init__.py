@@ -8,7 +8,7 @@ file, module:function) into an eval-mode nn.Module plus its default input shape.
 from __future__ import annotations
 
 # Imported for their @register_model side effect.
-from edgecompress.models import mobilenet, resnet_cifar, shufflenet, squeezenet  # noqa: F401
+from edgecompress.models import darts, mobilenet, resnet_cifar, searched, shufflenet, squeezenet  # noqa: F401
 from edgecompress.models.loading import CHECKPOINT_FORMAT, LoadedModel, load_model, save_checkpoint
 from edgecompress.models.registry import create_model, list_models, register_model
 

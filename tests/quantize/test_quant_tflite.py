@@ -106,6 +106,12 @@ def test_zoo_model_quantizes_in_every_mode(name, tmp_path, fashion):
         ref = model(x).numpy()
     sensitivity = _int8_weight_sensitivity(model, x, ref)
     fp32 = export_tflite(model, torch.zeros(1, *SHAPE), tmp_path / "fp32.tflite")
+    # int8 weights save up to 3 of every 4 weight bytes, less the per-channel scales and zero
+    # points; the rest of the file (graph, biases, weightless ops) stays. A bound on the saving,
+    # not a ratio of the file, fits every model: darts_net at width 0.5 (35k weights in many
+    # small convs) saves 0.4 of its weight bytes and its int8 file is 0.8x of fp32.
+    weight_bytes = 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    int8_ceiling = fp32.stat().st_size - 0.3 * weight_bytes
     for mode in ("int8-static", "int8-dynamic", "fp16"):
         art = quantize_tflite(fp32, calib, tmp_path / f"{mode}.tflite", input_shape=SHAPE, mode=mode)
         y = run_tflite(art.path, x.numpy())
@@ -113,18 +119,21 @@ def test_zoo_model_quantizes_in_every_mode(name, tmp_path, fashion):
         err = _rel_err(y, ref)
         assert err <= BOUND[mode] * sensitivity, f"{name} {mode}: rel err {err:.4f}, sensitivity {sensitivity:.4f}"
         ops = [op for op in tflite_op_types(art.path) if op.op not in ("QUANTIZE", "DEQUANTIZE")]
-        weighted = [op for op in ops if op.weights is not None]
+        # layers with weights (a MUL by a constant, e.g. hardswish's 1/6, keeps its scalar float)
+        weighted = [op for op in ops if op.weights is not None
+                    and op.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")]
         assert weighted, f"{name}: no op with weights found"
         if mode == "int8-static":
             assert art.float_layers == {}, art.float_layers
             assert all(op.activation == "int8" for op in ops), [op for op in ops if op.activation != "int8"]
-            assert art.size_bytes < 0.65 * fp32.stat().st_size  # shufflenets: 0.59 (many weightless ops)
+            assert art.size_bytes < int8_ceiling
         elif mode == "int8-dynamic":
             assert all(op.weights == "int8" and op.activation == "float32" for op in weighted)
-            assert art.size_bytes < 0.65 * fp32.stat().st_size  # shufflenets: 0.59 (many weightless ops)
+            assert art.size_bytes < int8_ceiling
         else:
             assert all(op.weights == "float16" for op in weighted)
-            assert 0.45 * fp32.stat().st_size < art.size_bytes < 0.7 * fp32.stat().st_size
+            # fp16 saves up to half of every weight byte (small tensors may stay fp32)
+            assert fp32.stat().st_size - 0.5 * weight_bytes - 4096 < art.size_bytes < fp32.stat().st_size - 0.2 * weight_bytes
 
 
 @pytest.fixture(scope="module")
