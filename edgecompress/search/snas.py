@@ -277,6 +277,12 @@ class SNASStrategy(GradientStrategy):
             self.calibration = self._calibrate()
         if budget is not None:
             self.reference_cost, self.target = float(budget.reference), float(budget.fraction)
+            floor = self.cheapest_cost()
+            if budget.limit < floor:
+                unit = {"macs": " MACs", "params": " params", "memory": " bytes", "latency": " ms"}[metric]
+                raise UserError(f"snas: the budget ({budget.limit:,.4g}{unit}) is below the cheapest child of the "
+                                f"space ({floor:,.4g}{unit}, every block at its cheapest choice); raise the target "
+                                "or search a smaller space")
         else:
             self.reference_cost, self.target = self._reference_cost(metric), None
 
@@ -382,6 +388,13 @@ class SNASStrategy(GradientStrategy):
         if self.calibration is not None:
             return self.calibration["a"] * raw + self.calibration["b"]
         return raw
+
+    def cheapest_cost(self) -> float:
+        """The cost of the cheapest child (every block at its cheapest allowed choice), in the penalty's units."""
+        raw = self.fixed + float(self.table.masked_fill(~self.allowed, float("inf")).min(dim=-1).values.sum())
+        if self.calibration is not None:
+            return float(self.calibration["a"] * raw + self.calibration["b"])
+        return float(raw)
 
     def _penalty(self) -> torch.Tensor:
         fraction = self.expected_cost() / self.reference_cost

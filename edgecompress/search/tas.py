@@ -303,6 +303,12 @@ class TASStrategy(GradientStrategy):
         self.budget_fraction = float(budget.fraction)
         self.target = self.budget_fraction / (1 + cfg.tolerance)
         self._build(data)
+        floor = self._cost.fraction_of([0] * len(self.choices), [0] * len(self.stages))
+        if self.budget_fraction < floor:
+            raise UserError(f"TAS: the budget ({self.budget_fraction:.3f} of the model's {self.cost_kind}) is below "
+                            f"the smallest architecture the search can build ({floor:.3f}: every group at "
+                            f"{min(cfg.width_ratios):g} of its width, every stage at its shallowest); raise the "
+                            "target or lower width_ratios")
         self.width_logits = [torch.zeros(len(c), requires_grad=True) for c in self.choices]
         self.depth_logits = [torch.zeros(len(s.depths), requires_grad=True) for s in self.stages]
         self._make_optimizers()

@@ -305,3 +305,14 @@ def test_bundled_space_builds_a_supernet():
     s = build({}, reference=reference, input_shape=(1, 28, 28), num_classes=10, seed=0)
     assert len(s.net.blocks) == 9 and len(s.net.blocks[1].ops) == 14 and len(s.net.blocks[0].ops) == 13
     assert s.config()["space"] == load_space("mobile").to_dict()
+
+
+def test_a_budget_below_the_cheapest_child_is_refused(make, data, reference):
+    s = make()
+    s.setup(data, None)
+    floor = s.cheapest_cost()
+    peak(s, [min(s.space.allowed(slot), key=lambda c, b=b: float(s.table[b, s.space.choices.index(c)]))
+             for b, slot in enumerate(s.space.blocks())])
+    assert floor == pytest.approx(cost(s), rel=1e-6)  # the cheapest child, one-hot
+    with pytest.raises(UserError, match=r"below the cheapest child of the space"):
+        make().setup(data, Budget("macs", 0.5 * floor, float(s.reference_cost)))

@@ -252,3 +252,9 @@ def test_derivation_steps_down_to_the_budget_by_least_likelihood_lost(resnet) ->
     keep = derived.arch["keep"]
     assert keep[0] < 1.0 and keep[-1] == 1.0
     assert derived.removed == []  # giving up a block would cost far more likelihood
+
+
+def test_a_budget_below_the_smallest_architecture_is_refused(resnet) -> None:
+    tas = TASStrategy(resnet, SHAPE)
+    with pytest.raises(UserError, match=r"budget \(0.010 of the model's macs\) is below the smallest architecture"):
+        tas.setup(data(), Budget("macs", 0.01, 1.0))
