@@ -34,12 +34,14 @@ import argparse
 import copy
 import datetime as dt
 import json
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import log, versions  # noqa: E402  (what the search benchmarks share)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "bench" / "fmnist_resnet20.pt"
@@ -50,10 +52,6 @@ QUICK = {"search_images": 512, "snas_images": 512, "scas_images": 512, "tas_epoc
 DEFAULTS = {"search_images": 10000, "snas_images": 4000, "scas_images": 6000, "tas_epochs": 10, "snas_epochs": 5, "scas_epochs": 6, "amc_episodes": 40,
             "ft_epochs": 2, "retrain_epochs": 3, "train_limit": 20000, "test_limit": None, "val_samples": 1000,
             "trials": 5, "runs": 200}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,13 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is not None and getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} {getattr(args, key)} must be >= 1")
     return args
-
-
-def versions() -> dict[str, Any]:
-    import edgecompress
-    from edgecompress.export.runtimes import runtime_versions
-
-    return {"python": platform.python_version(), "edgecompress": edgecompress.__version__, **runtime_versions()}
 
 
 def write(report: dict[str, Any], out: Path) -> None:

@@ -146,8 +146,6 @@ def _check_order(steps: list[tuple[str, dict]]) -> None:
 def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
     """Search a keep ratio per group (the model is unchanged; `prune: {policy: search}` applies it)."""
     from edgecompress.errors import UserError
-    from edgecompress.search.api import search_latency
-    from edgecompress.search.reward import Evaluator
     from edgecompress.search.runner import STATE_FILE, run_search
     from edgecompress.search.space import SearchSpace
 
@@ -157,12 +155,7 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
     if _gradient(p):
         return _gradient_step(model, p, ctx)
     space = SearchSpace.from_model(model.eval(), tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
-    evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
-                         seed=ctx.seed)
-    if p["latency"] == "measured":
-        ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    source = search_latency(p["latency"], ctx.device, p["runtime"], p["threads"], runs=p["runs"],
-                            predictor=p["predictor"], work_dir=ctx.work_dir)
+    evaluate, source = _scoring(p, ctx)
     # Settings and model go into the checkpoint dir's name: a re-run with the same ones resumes.
     key = hashlib.sha256(json.dumps([p, space.signature(), ctx.seed, getattr(ctx.device, "name", None)],
                                     sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -204,6 +197,20 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
     return model
 
 
+def _scoring(p: dict[str, Any], ctx: StepContext) -> tuple[Any, Any]:
+    """The evaluator (held-out images, BN re-estimated) and the latency source every search step scores with."""
+    from edgecompress.search.api import search_latency
+    from edgecompress.search.reward import Evaluator
+
+    evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
+                         seed=ctx.seed)
+    if p["latency"] == "measured":
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    source = search_latency(p["latency"], ctx.device, p["runtime"], p["threads"], runs=p["runs"],
+                            predictor=p["predictor"], work_dir=ctx.work_dir)
+    return evaluate, source
+
+
 def _keep_files(ctx: StepContext, strategy: str, result) -> None:
     """Put the search's log, best policy and plot into the bundle (not the checkpoint)."""
     for name, path in (result.files or {}).items():
@@ -221,17 +228,10 @@ def _line(strategy: str, summary: dict[str, Any], space) -> str:
 
 def _gradient_step(model: nn.Module, p: dict[str, Any], ctx: StepContext) -> nn.Module:
     """A tas/snas/scas search: train, derive, and hand the child network to the next steps."""
-    from edgecompress.search.api import search_latency
     from edgecompress.search.gradient import SearchData, build_gradient, run_gradient_search
-    from edgecompress.search.reward import Evaluator
     from edgecompress.search.runner import STATE_FILE
 
-    evaluate = Evaluator(ctx.splits.val, ctx.splits.train, val_samples=p["val_samples"], bn_batches=p["bn_batches"],
-                         seed=ctx.seed)
-    if p["latency"] == "measured":
-        ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    source = search_latency(p["latency"], ctx.device, p["runtime"], p["threads"], runs=p["runs"],
-                            predictor=p["predictor"], work_dir=ctx.work_dir)
+    evaluate, source = _scoring(p, ctx)
     key = hashlib.sha256(json.dumps([p, ctx.seed, getattr(ctx.device, "name", None)], sort_keys=True,
                                     default=str).encode()).hexdigest()[:10]
     out = ctx.step_dir("search", key)
