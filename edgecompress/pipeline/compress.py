@@ -210,11 +210,13 @@ def run_compress(
         applied: list[str] = []
         step_records: dict[str, Any] = {}
         forked: dict[str, tuple[torch.nn.Module, StepContext]] = {}  # extra variants, e.g. the uniform baseline
+        replaced: dict[str, Any] = {}  # a step that replaced the architecture says how to rebuild it
         if recipe.steps:
             ctx = StepContext(input_shape=shape, seed=recipe.seed, splits=splits, device=dev, work_dir=work_dir,
                               original=model)
             compressed, forked = _run_steps(recipe, copy.deepcopy(model), ctx, console)
             applied = [name for name, _ in recipe.steps]
+            replaced = dict(ctx.rebuild or {})
             notes.extend(ctx.notes)
             step_records = _public(ctx.records)
             for fork, (_, fctx) in forked.items():
@@ -273,7 +275,7 @@ def run_compress(
             after = copy.deepcopy(before)
             ordered["after"] = after
 
-        rebuild = dict(ctx.rebuild or {})
+        rebuild: dict[str, Any] | None = replaced
         if rebuild.get("spec") is None:  # the original's architecture (less any blocks a search removed)
             rebuild = ({**rebuild, "spec": loaded.arch["spec"], "kwargs": loaded.arch.get("kwargs", {})}
                        if loaded.arch is not None else None)

@@ -108,7 +108,7 @@ def test_invalid_space_files_name_the_field(tmp_path, text, field, message):
 
 
 def test_unknown_names_and_missing_files(tmp_path):
-    with pytest.raises(UserError, match=r"unknown search space 'mobil' \(did you mean mobile\?\)"):
+    with pytest.raises(UserError, match=r"unknown search space 'mobil' \(did you mean mobile, mobile_small\?\)"):
         load_space("mobil")
     with pytest.raises(UserError, match="search space file .*nope.yaml' does not exist"):
         load_space(tmp_path / "nope.yaml")
