@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import log, versions  # noqa: E402  (what the search benchmarks share)
+from bench_search import _p50, log, versions  # noqa: E402  (what the search benchmarks share)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "bench" / "fmnist_resnet20.pt"
@@ -281,10 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     write(report, out)
     print(render_markdown(report))
     return 0
-
-
-def _p50(report: dict[str, Any], name: str, key: str) -> float | None:
-    return report["latency"].get(name, {}).get(key, {}).get("p50_ms")
 
 
 def judge(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:

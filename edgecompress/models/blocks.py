@@ -57,13 +57,31 @@ class DepthwiseSeparable(nn.Sequential):
         super().__init__(OrderedDict(dw=dw, pw=ConvBNAct(in_channels, out_channels, 1)))
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-excitation: global pool -> 1x1 conv to channels/4 (ReLU) -> 1x1
+    conv back (hard sigmoid) -> per-channel scale of the input. Hard sigmoid rather than
+    the original sigmoid because it is what phones' runtimes run fast (as in MobileNetV3)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        squeeze = make_divisible(channels / 4)
+        self.scale = nn.Sequential(OrderedDict(
+            pool=nn.AdaptiveAvgPool2d(1), reduce=nn.Conv2d(channels, squeeze, 1), act=nn.ReLU(inplace=True),
+            expand=nn.Conv2d(squeeze, channels, 1), gate=nn.Hardsigmoid(inplace=True)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale(x)
+
+
 class InvertedResidual(nn.Module):
-    """MobileNetV2 unit: 1x1 expand (ReLU6) -> 3x3 depthwise (ReLU6) -> 1x1 linear project.
+    """MobileNetV2 unit: 1x1 expand (ReLU6) -> k x k depthwise (ReLU6, k = 3 in MobileNetV2)
+    -> [squeeze-excite] -> 1x1 linear project.
 
     The identity shortcut exists only when the shape is kept (stride 1, in == out).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: float, *, kernel: int = 3,
+                 se: bool = False) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
@@ -72,7 +90,9 @@ class InvertedResidual(nn.Module):
         layers: dict[str, nn.Module] = {}
         if expand_ratio != 1:
             layers["expand"] = ConvBNAct(in_channels, hidden, 1, act=nn.ReLU6)
-        layers["dw"] = ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6)
+        layers["dw"] = ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=nn.ReLU6)
+        if se:
+            layers["se"] = SqueezeExcite(hidden)
         layers["project"] = ConvBNAct(hidden, out_channels, 1, act=None)
         self.conv = nn.Sequential(OrderedDict(layers))
 

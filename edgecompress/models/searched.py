@@ -19,59 +19,25 @@ Without `choices`, block b takes the (b mod n)-th of its n allowed non-skip choi
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from edgecompress.models.blocks import ConvBNAct, ShuffleUnitV2, make_divisible
+from edgecompress.models.blocks import ConvBNAct, InvertedResidual, ShuffleUnitV2
 from edgecompress.models.common import PooledClassifier, check_model_args
 from edgecompress.models.registry import register_model
 
 
-class SqueezeExcite(nn.Module):
-    """MobileNetV3's squeeze-excitation: global pool -> 1x1 conv to channels/4 (ReLU) -> 1x1
-    conv back (hard sigmoid) -> per-channel scale of the input. Hard sigmoid rather than
-    the original sigmoid because it is what phones' runtimes run fast (as in MobileNetV3)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        squeeze = make_divisible(channels / 4)
-        self.scale = nn.Sequential(OrderedDict(
-            pool=nn.AdaptiveAvgPool2d(1), reduce=nn.Conv2d(channels, squeeze, 1), act=nn.ReLU(inplace=True),
-            expand=nn.Conv2d(squeeze, channels, 1), gate=nn.Hardsigmoid(inplace=True)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale(x)
-
-
-class MBConv(nn.Module):
+class MBConv(InvertedResidual):
     """Inverted residual: 1x1 expand (ReLU6) -> k x k depthwise (ReLU6) -> [squeeze-excite] ->
     1x1 linear project; identity shortcut when the shape is kept (stride 1, in == out).
     MobileNetV2's `InvertedResidual` with the kernel size and SE the search chooses."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, kernel: int, expand: int,
                  se: bool = False) -> None:
-        super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
-        hidden = int(round(in_channels * expand))
-        self.use_residual = stride == 1 and in_channels == out_channels
-        layers: dict[str, nn.Module] = {
-            "expand": ConvBNAct(in_channels, hidden, 1, act=nn.ReLU6),
-            "dw": ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=nn.ReLU6),
-        }
-        if se:
-            layers["se"] = SqueezeExcite(hidden)
-        layers["project"] = ConvBNAct(hidden, out_channels, 1, act=None)
-        self.conv = nn.Sequential(OrderedDict(layers))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_residual:
-            return x + self.conv(x)
-        return self.conv(x)
+        super().__init__(in_channels, out_channels, stride, expand, kernel=kernel, se=se)
 
 
 def build_choice(name: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
