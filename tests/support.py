@@ -23,6 +23,31 @@ def zoo_checkpoint(directory: Path, name: str, **arch) -> str:
     return str(path)
 
 
+#: a two-stage mobile search space small enough for unit tests (16x16 inputs)
+TINY_SPACE = """
+name: tiny
+stem: {channels: 8, stride: 2}
+stages:
+  - {channels: 8, blocks: 2, stride: 1}
+  - {channels: 16, blocks: 2, stride: 2}
+head: {channels: 32}
+choices: [mb_k3_e3, mb_k5_e3_se, shuffle, skip]
+"""
+
+
+def interrupted_on_call(n: int, accuracy: float = 0.5):
+    """An accuracy function that raises KeyboardInterrupt on its n-th call (Ctrl-C while a
+    search scores that candidate or epoch's child) and returns `accuracy` otherwise."""
+    calls = []
+
+    def evaluate(model) -> float:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return accuracy
+    return evaluate
+
+
 def load_tool(name: str) -> ModuleType:
     """tools/NAME.py imported as a module (the tools are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")

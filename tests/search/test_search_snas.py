@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from support import TINY_SPACE, interrupted_on_call
+
 from edgecompress.errors import UserError
 from edgecompress.graph.cost import analyze
 from edgecompress.latency.lut import LatencyLUT, LutEntry
@@ -24,15 +26,7 @@ from edgecompress.search.spaces import load_space
 torch.set_num_threads(1)
 
 SHAPE = (1, 16, 16)
-TINY = """
-name: tiny
-stem: {channels: 8, stride: 2}
-stages:
-  - {channels: 8, blocks: 2, stride: 1}
-  - {channels: 16, blocks: 2, stride: 2}
-head: {channels: 32}
-choices: [mb_k3_e3, mb_k5_e3_se, shuffle, skip]
-"""
+TINY = TINY_SPACE
 # one architecture per row, skip wherever the shape allows it in the first
 ARCHS = [["skip", "shuffle", "mb_k5_e3_se", "skip"], ["mb_k3_e3", "skip", "shuffle", "mb_k5_e3_se"]]
 
@@ -254,13 +248,7 @@ def test_resume_continues_exactly(make, data, reference, tmp_path):
                                      resume=resume, progress=False)
         return strategy, result
 
-    calls = []
-
-    def interrupted(model):  # Ctrl-C while the second epoch's child is scored
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return 0.5
+    interrupted = interrupted_on_call(2)  # Ctrl-C while the second epoch's child is scored
 
     whole, whole_result = search(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):

@@ -8,21 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import TINY_SPACE
+
 from edgecompress.errors import UserError
 from edgecompress.models import create_model
 from edgecompress.search.spaces import CHOICES, MobileSpace, list_spaces, load_space, parse_choice
 
 torch.set_num_threads(1)
 
-TINY = """
-name: tiny
-stem: {channels: 8, stride: 2}
-stages:
-  - {channels: 8, blocks: 2, stride: 1}
-  - {channels: 16, blocks: 2, stride: 2}
-head: {channels: 32}
-choices: [mb_k3_e3, mb_k5_e3_se, shuffle, skip]
-"""
+TINY = TINY_SPACE
 
 
 def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from support import interrupted_on_call
+
 from edgecompress.errors import UserError
 from edgecompress.graph.cost import analyze
 from edgecompress.models import create_model
@@ -112,13 +114,7 @@ def test_search_runs_logs_and_resumes_exactly(resnet, tmp_path, capsys) -> None:
         return tas, run_gradient_search(tas, data(), evaluate, reference=resnet, input_shape=SHAPE,
                                         budget="macs=0.5", epochs=2, out_dir=out, resume=resume, progress=False)
 
-    calls = []
-
-    def interrupted(model):  # Ctrl-C while the second epoch's child is scored
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return 0.5
+    interrupted = interrupted_on_call(2)  # Ctrl-C while the second epoch's child is scored
 
     whole, straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
