@@ -41,8 +41,8 @@ from edgecompress.devices.base import DeviceUnavailableError
 from edgecompress.errors import UserError
 from edgecompress.fsutil import atomic_write_json
 from edgecompress.search.runner import (FORMAT, LOG_FILE, PLOT_FILE, STATE_FILE, SearchPaused, SearchProgress,
-                                        SearchResult,
-                                        _latency_hit, _parse_budget, _save_state, plot_search)
+                                        SearchResult, _latency_hit, _parse_budget, _save_state, load_resumable,
+                                        plot_search)
 from edgecompress.train.seed import rng_states, set_rng_states
 
 ARCH_FILE = "best_arch.json"
@@ -207,13 +207,8 @@ def run_gradient_search(
     }
     log: list[dict[str, Any]] = []
     if resume:
-        if state_path is None or not state_path.exists():
-            raise UserError(f"nothing to resume in {str(out)!r}: no {STATE_FILE}; start the search without resume")
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        for key in ("strategy", "budget", "seed", "config", "epochs"):  # the schedules span `epochs`
-            if saved["meta"].get(key) != meta[key]:
-                raise UserError(f"cannot resume {str(out)!r}: it was a search with {key} {saved['meta'].get(key)!r}, "
-                                f"this one has {meta[key]!r}; use the same settings or another out_dir")
+        # the schedules span `epochs`, so a resume needs the same number
+        saved = load_resumable(state_path, meta, ("strategy", "budget", "seed", "config", "epochs"), weights_only=False)
         meta = saved["meta"]
         log = saved["log"]
         strategy.load_state_dict(saved["strategy"], data)

@@ -174,6 +174,21 @@ def _latency_hit(source: Any) -> bool | None:
 
 
 
+def load_resumable(state_path: Path | None, meta: Mapping[str, Any], keys: tuple[str, ...], *,
+                   weights_only: bool = True) -> dict[str, Any]:
+    """The checkpoint a search resumes from; UserError if there is none, or if it was saved
+    by a search whose `keys` of meta differ from this one's (naming the first)."""
+    out = state_path.parent if state_path is not None else None
+    if state_path is None or not state_path.exists():
+        raise UserError(f"nothing to resume in {str(out)!r}: no {STATE_FILE}; start the search without resume")
+    saved = torch.load(state_path, map_location="cpu", weights_only=weights_only)
+    for key in keys:
+        if saved["meta"].get(key) != meta[key]:
+            raise UserError(f"cannot resume {str(out)!r}: it was a search with {key} {saved['meta'].get(key)!r}, "
+                            f"this one has {meta[key]!r}; use the same settings or another out_dir")
+    return saved
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -299,13 +314,7 @@ def run_search(
     state_path = out / STATE_FILE if out is not None else None
 
     if resume:
-        if not state_path.exists():  # type: ignore[union-attr]
-            raise UserError(f"nothing to resume in {str(out)!r}: no {STATE_FILE}; start the search without resume")
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
-        for key in ("strategy", "reward", "budget", "seed", "space"):
-            if saved["meta"].get(key) != meta[key]:
-                raise UserError(f"cannot resume {str(out)!r}: it was a search with {key} {saved['meta'].get(key)!r}, "
-                                f"this one has {meta[key]!r}; use the same settings or another out_dir")
+        saved = load_resumable(state_path, meta, ("strategy", "reward", "budget", "seed", "space"))
         meta = saved["meta"]
         log = saved["log"]
         cache = {tuple(r["widths"]): r for r in log}
