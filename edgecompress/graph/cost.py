@@ -343,6 +343,8 @@ def _input_like(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
         if t.is_floating_point():
             dtype, device = t.dtype, t.device
             break
+    if device.type == "meta":  # a model built without storage (counting only): shapes, no values
+        return torch.empty(shape, dtype=dtype, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     return torch.randn(shape, generator=gen, dtype=dtype, device=device)
 
