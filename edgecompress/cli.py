@@ -307,6 +307,49 @@ def prune(model, arch, trust_model_file, input_size, num_classes, target, ratio,
 @cli.command()
 @click.argument("model")
 @model_options
+@click.option("--method", default="spatial-svd", show_default=True, help="svd (Linear, 1x1), spatial-svd, tucker2 or cp.")
+@click.option("--target", default=None, help="Budget on the whole model: macs=0.5, params=0.4 or latency=0.7 (timed on --device).")
+@click.option("--rank", default=None, help="Instead of --target, for every layer: a ratio of the full rank (0.5), energy=0.9, or vbmf (tucker2).")
+@click.option("--sensitivity", default="error", show_default=True, help="How the budget search ranks layers: error (weights) or accuracy (validation top-1).")
+@click.option("--round-to", default=None, type=int, help="Ranks are multiples of this [default: the device profile's, 8 for host].")
+@click.option("--ignore", multiple=True, metavar="REGEX", help="Leave layers whose name matches (repeatable).")
+@click.option("--latency-check", default="onnxruntime", show_default=True,
+              help="Runtime each layer is timed with, alone, before and after (a layer not faster stays whole); none: no timing.")
+@click.option("--device", "device_spec", default="host", show_default=True, help="Device the layers are timed on.")
+@click.option("--finetune-epochs", default=0, show_default=True, help="Fine-tune on the dataset afterwards (0: no fine-tuning).")
+@click.option("--kd/--no-kd", default=True, show_default=True, help="Fine-tune with knowledge distillation from the original model.")
+@click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Fashion-MNIST folder for fine-tuning and accuracy sensitivity.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (model.pt, factorize.json).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def factorize(model, arch, trust_model_file, input_size, num_classes, method, target, rank, sensitivity, round_to, ignore,
+              latency_check, device_spec, finetune_epochs, kd, data_dir, out, force) -> None:
+    """Replace MODEL's large layers by low-rank factors (SVD, spatial SVD, Tucker-2, CP) and save it."""
+    from edgecompress.fsutil import check_output_dir
+
+    check_output_dir(out, force)
+    from edgecompress.lowrank.steps import factorize_command
+
+    params = {"method": method, "target": target, "sensitivity": sensitivity, "ignore": list(ignore),
+              "latency_check": False if latency_check.lower() in ("none", "false", "off") else latency_check}
+    if rank is not None:
+        try:
+            params["rank"] = float(rank)
+        except ValueError:
+            params["rank"] = rank
+    if round_to is not None:
+        params["round_to"] = round_to
+    params = {k: v for k, v in params.items() if v is not None}
+    loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
+    report = factorize_command(loaded, shape, params, device=device_spec, out=out, force=force,
+                               finetune_epochs=finetune_epochs, kd=kd, data_dir=data_dir)
+    for line in report["summary"]:
+        click.echo(line)
+    click.echo(f"written: {out}/model.pt, {out}/factorize.json")
+
+
+@cli.command()
+@click.argument("model")
+@model_options
 @click.option("--strategy", default="amc", show_default=True,
               help="amc, evolution, random, uniform (by candidate) or tas, snas, scas (by gradient).")
 @click.option("--target", required=True, help="Budget: latency=0.5 (of the original) or latency=3ms, macs=0.5, params=1.2M.")

@@ -148,6 +148,8 @@ def save_checkpoint(
         "input_shape": shape,
         "meta": dict(meta or {}),
         "removed": [str(n) for n in removed],
+        # Layers replaced by low-rank chains: their structure, rebuilt before the weights load.
+        "factorized": _factorized_specs(model),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -298,11 +300,37 @@ def _from_checkpoint(ckpt: Mapping, spec: str, arch: str | None, build_kwargs: d
         except AttributeError:
             raise UserError(f"checkpoint {spec!r} removes module {name!r}, which {arch_spec} does not have") from None
         model.set_submodule(name, nn.Identity())
+    _rebuild_factorized(model, ckpt.get("factorized") or {}, spec, arch_spec)
     _load_state_dict(model, state_dict, spec, arch_spec, adopt_shapes=True, conv_groups=ckpt.get("conv_groups") or {})
     stored = ckpt.get("input_shape")
     known = tuple(int(v) for v in stored) if stored is not None else None
     shape = _describe_shape(model, known, build_kwargs.get("in_channels"), build_kwargs.get("input_size"))
-    return _finish(model, spec, shape, {"spec": arch_spec, "kwargs": arch_kwargs}, dict(ckpt.get("meta") or {}))
+    arch_info = {"spec": arch_spec, "kwargs": arch_kwargs}
+    if ckpt.get("removed"):  # so a step that saves this model again can record them too
+        arch_info["removed"] = list(ckpt["removed"])
+    return _finish(model, spec, shape, arch_info, dict(ckpt.get("meta") or {}))
+
+
+def _factorized_specs(model: nn.Module) -> dict[str, dict]:
+    from edgecompress.lowrank.decomposition import LowRank
+
+    return {name: m.spec() for name, m in model.named_modules() if isinstance(m, LowRank)}
+
+
+def _rebuild_factorized(model: nn.Module, specs: Mapping[str, Any], spec: str, arch_spec: str) -> None:
+    if not specs:
+        return
+    from edgecompress.lowrank.decomposition import LowRank
+
+    for name, layer_spec in specs.items():
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"checkpoint {spec!r} factorizes module {name!r}, which {arch_spec} does not have") from None
+        try:
+            model.set_submodule(name, LowRank.from_spec(layer_spec))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"checkpoint {spec!r}: the low-rank structure of {name!r} is unreadable ({exc})") from None
 
 
 def _find_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:

@@ -277,8 +277,8 @@ def run_compress(
 
         rebuild: dict[str, Any] | None = replaced
         if rebuild.get("spec") is None:  # the original's architecture (less any blocks a search removed)
-            rebuild = ({**rebuild, "spec": loaded.arch["spec"], "kwargs": loaded.arch.get("kwargs", {})}
-                       if loaded.arch is not None else None)
+            rebuild = ({"removed": loaded.arch.get("removed", []), **rebuild, "spec": loaded.arch["spec"],
+                        "kwargs": loaded.arch.get("kwargs", {})} if loaded.arch is not None else None)
         if rebuild is not None:
             save_checkpoint(compressed, bundle / "model.pt", arch_spec=rebuild["spec"],
                             arch_kwargs=rebuild.get("kwargs", {}), input_shape=shape,

@@ -23,7 +23,8 @@ SequenceCheck = Callable[[list[tuple[str, dict]]], None]
 _STEPS: dict[str, StepFn] = {}
 _VALIDATORS: dict[str, Validator] = {}
 _SEQUENCE_CHECKS: list[SequenceCheck] = []
-_BUILTIN = ("edgecompress.prune.steps", "edgecompress.search.steps", "edgecompress.quantize.steps")
+_BUILTIN = ("edgecompress.prune.steps", "edgecompress.search.steps", "edgecompress.lowrank.steps",
+            "edgecompress.quantize.steps")
 
 
 @dataclass
