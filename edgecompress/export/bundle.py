@@ -207,6 +207,10 @@ def _gradient_search_section(i: int, run: dict[str, Any]) -> list[str]:
     return lines + [f"- note: {n}" for n in meta.get("notes", [])]
 
 
+def _rank_text(rank: Any) -> str:
+    return "x".join(map(str, rank)) if isinstance(rank, list) else str(rank)
+
+
 def _step_sections(steps: dict[str, Any]) -> list[str]:
     """What each compression step did: widths per pruned layer, sparsity per layer, epochs of fine-tuning."""
     lines: list[str] = []
@@ -240,6 +244,21 @@ def _step_sections(steps: dict[str, Any]) -> list[str]:
                 continue
             more = f" (+{len(g['producers']) - 1} coupled)" if len(g["producers"]) > 1 else ""
             lines.append(f"| `{g['producers'][0]}`{more} | {g['width_before']} | {g['width_after']} | {g['why_whole']} |")
+    for i, run in enumerate(steps.get("factorize", [])):
+        cfg = run["config"]
+        lines += ["", f"## Step factorize #{i + 1}: {cfg['method']}, {run.get('target') or 'rank ' + str(cfg['rank'])}", "",
+                  f"MACs x{run['macs_ratio']:.3f}, params x{run['params_ratio']:.3f}; round_to {cfg['round_to']}, "
+                  f"sensitivity {cfg['sensitivity']}; layers timed alone with "
+                  f"{run.get('latency_check') or 'nothing (no latency check)'}.", "",
+                  "| layer | kind | rank / full | weight error | MACs before | after | alone ms before / after | left whole because |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for p in run["layers"]:
+            rank = "–" if p["rank"] is None else f"{_rank_text(p['rank'])} / {_rank_text(p['full_rank'])}"
+            err = "–" if p["rel_error"] is None else f"{p['rel_error']:.3f}"
+            ms = ("–" if p["latency_before_ms"] is None
+                  else f"{p['latency_before_ms']:.4f} / {p['latency_after_ms']:.4f}")
+            lines.append(f"| `{p['name']}` | {p['kind']} | {rank} | {err} | {p['macs_before']:,} | {p['macs_after']:,} | "
+                         f"{ms} | {p['reason']} |")
     for i, run in enumerate(steps.get("sparsify", [])):
         sp = run["sparsity"]
         lines += ["", f"## Step sparsify #{i + 1}: {sp['sparsity']:.1%} of {sp['params']:,} weights are zero", "",
