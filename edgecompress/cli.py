@@ -370,13 +370,15 @@ def factorize(model, arch, trust_model_file, input_size, num_classes, method, ta
 @click.option("--batch-size", default=128, show_default=True, type=int, help="Batch size of a gradient search.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A gradient search's own setting (repeatable), e.g. --option cost_weight=2 --option space=mobile.")
+@click.option("--lowrank", default=None, metavar="METHOD",
+              help="Also search a rank ratio per layer this method factorizes: svd, spatial-svd, tucker2 or cp.")
 @click.option("--resume", is_flag=True, help="Continue the search saved in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def search(model, arch, trust_model_file, input_size, num_classes, strategy, target, episodes, reward, device_spec,
            runtime, threads, latency_kind, predictor, val_samples, data_dir, seed, epochs, search_images, batch_size,
-           options, out, resume, force) -> None:
-    """Search how much to prune each layer of MODEL (AMC, a baseline or TAS), or a compact architecture
-    to replace it (SNAS, SCAS), with latency measured on the device."""
+           options, lowrank, out, resume, force) -> None:
+    """Search how much to prune each layer of MODEL (AMC, a baseline or TAS; with --lowrank also how far
+    to factorize it), or a compact architecture to replace it (SNAS, SCAS), with latency measured on the device."""
     from edgecompress.search.api import search_command
 
     loaded, shape = _load(model, arch, trust_model_file, input_size, num_classes)
@@ -384,7 +386,7 @@ def search(model, arch, trust_model_file, input_size, num_classes, strategy, tar
                             device=device_spec, reward=reward, runtime=runtime, threads=threads, latency=latency_kind,
                             predictor=predictor, val_samples=val_samples, data_dir=data_dir, seed=seed, resume=resume,
                             force=force, epochs=epochs, search_images=search_images, batch_size=batch_size,
-                            options=_key_values(options, "--option"))
+                            options=_key_values(options, "--option"), lowrank=lowrank)
     for line in report["summary"]:
         click.echo(line)
     written = [Path(v).name for k, v in report["files"].items() if k != "state"]

@@ -104,14 +104,17 @@ def _prune_to_policy(model: nn.Module, source: str, ctx: StepContext) -> nn.Modu
         origin = "search step" if ctx.variant == "after" else f"{ctx.variant} baseline of the search step"
     else:
         policy = Policy.load(source)
-        space = SearchSpace.from_model(model, tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
+        space = SearchSpace.from_model(model, tuple(ctx.input_shape), round_to=ctx.round_to() or 1,
+                                       lowrank=policy.lowrank)
         origin = source
     pruned, result = space.prune(policy, model)
     ctx.records.setdefault("prune", []).append({"config": {"policy": policy.to_dict(), "from": origin,
                                                            "importance": space.importance, "round_to": space.round_to,
                                                            "ranking": "policy"}, **result.to_dict()})
-    ctx.notes.append(f"prune (policy from the {origin}, round_to {space.round_to}): MACs x{result.macs_ratio:.3f}, "
-                     f"params x{result.params_ratio:.3f}")
+    factorized = (f", then {len(result.factorized['layers'])} layers factorized with {policy.lowrank}"
+                  if result.factorized else "")
+    ctx.notes.append(f"prune (policy from the {origin}, round_to {space.round_to}){factorized}: MACs "
+                     f"x{result.macs_ratio:.3f}, params x{result.params_ratio:.3f}")
     return pruned
 
 

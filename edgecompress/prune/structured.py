@@ -178,6 +178,9 @@ class PruneResult:
     warnings: list[str] = field(default_factory=list)
     latency_before_ms: float | None = None  # measured by latency_fn, for latency targets
     latency_after_ms: float | None = None
+    # A joint search policy (SearchSpace.prune): what factorize_ did after pruning (its
+    # to_dict, factorized layers only); macs_after / params_after are then of that model.
+    factorized: dict[str, Any] | None = None
 
     @property
     def macs_ratio(self) -> float:
@@ -189,6 +192,8 @@ class PruneResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["factorized"] is None:
+            del d["factorized"]
         d["macs_ratio"], d["params_ratio"] = self.macs_ratio, self.params_ratio
         return d
 

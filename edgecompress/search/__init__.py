@@ -16,7 +16,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SearchSpace": "space", "Policy": "space", "GroupSpec": "space", "LayerTerm": "space", "Constraint": "space",
+    "SearchSpace": "space", "Policy": "space", "GroupSpec": "space", "RankSpec": "space", "LayerTerm": "space",
+    "Constraint": "space",
     "LinearLatencyModel": "space",
     "AMCAgent": "amc", "AMCConfig": "amc",
     "UniformStrategy": "baselines", "RandomStrategy": "baselines", "EvolutionStrategy": "baselines",

@@ -1,8 +1,9 @@
 """AMC: a DDPG agent that picks a keep ratio per prunable group, layer by layer.
 
 He et al., "AMC: AutoML for Model Compression and Acceleration on Mobile Devices",
-ECCV 2018. One episode walks the groups of a `SearchSpace` in order; at step t the agent
-sees an embedding of group t (index, layer type, in/out channels, kernel, stride,
+ECCV 2018. One episode walks the dimensions of a `SearchSpace` in order (its groups, then
+in a joint space its rank layers, whose action is the rank ratio); at step t the agent
+sees an embedding of dimension t (index, layer type, in/out channels, kernel, stride,
 feature-map size, MACs, the MACs already cut, the MACs still ahead, its previous action,
 each scaled to [0, 1] over the space) and outputs a keep ratio. After the last group the
 candidate is pruned and scored (no fine-tuning), and that one reward is given to every
@@ -151,13 +152,13 @@ class AMCAgent:
         self.rng = np.random.default_rng(seed)
         self._static = space.features().astype(np.float32)
         self.dim = self._static.shape[1] + len(DYNAMIC)
-        macs = np.array([g.macs for g in space.groups], dtype=np.float64)
+        macs = np.array([d.macs for d in space.dims], dtype=np.float64)
         total = macs.sum()
         # Share of the searched MACs still ahead after step t.
         self._ahead = ((total - np.cumsum(macs)) / total if total > 0 else np.zeros(len(macs))).astype(np.float32)
-        self._lo = np.array([g.min_keep for g in space.groups])
-        self._hi = np.array([g.max_keep for g in space.groups])
-        self._top = [g.choices[-1] for g in space.groups]
+        self._lo = np.array([d.min_keep for d in space.dims])
+        self._hi = np.array([d.max_keep for d in space.dims])
+        self._top = [d.choices[-1] for d in space.dims]
         self._top_macs = space.cost_units(self._top)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -175,7 +176,7 @@ class AMCAgent:
 
     # -- acting ---------------------------------------------------------------------------
 
-    def _state(self, t: int, decided: list[int], previous: float) -> np.ndarray:
+    def _state(self, t: int, decided: list[float], previous: float) -> np.ndarray:
         units = [*decided, *self._top[len(decided):]]
         reduced = (self._top_macs - self.space.cost_units(units)) / max(self.space.total_macs, 1)
         dynamic = np.array([min(max(reduced, 0.0), 1.0), self._ahead[t], previous], dtype=np.float32)
@@ -196,11 +197,11 @@ class AMCAgent:
 
     def _rollout(self, constraint: Constraint | None, explore: bool) -> tuple[Policy, list[np.ndarray], list[float]]:
         clamp = constraint if constraint is not None and constraint.hard else None
-        decided: list[int] = []
+        decided: list[float] = []
         states: list[np.ndarray] = []
         actions: list[float] = []
         previous = 0.0
-        for t, g in enumerate(self.space.groups):
+        for t, g in enumerate(self.space.dims):
             lo, hi = self._lo[t], self._hi[t]
             state = self._state(t, decided, previous)
             if explore and self.episode < self.config.warmup:
@@ -209,10 +210,10 @@ class AMCAgent:
                 keep = lo + self._act(state) * (hi - lo)
                 if explore:
                     keep = self._truncated_normal(keep, self.sigma, lo, hi)
-            want = g.round_units(keep)
+            want = g.snap(keep)
             got = clamp.clamp(decided, want) if clamp is not None else want
             if got < want:
-                keep = got / g.units  # the clamped action is the one taken and learnt from
+                keep = g.ratio_of(got)  # the clamped action is the one taken and learnt from
             decided.append(got)
             u = (keep - lo) / (hi - lo)
             states.append(state)

@@ -1,4 +1,4 @@
-"""`edgecompress search`: search per-group keep ratios for one model on one device, as one call."""
+"""`edgecompress search`: search per-group keep ratios (and rank ratios) for one model on one device, as one call."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ def check_latency_kind(kind: str, predictor: Any, target: Any, option: str = "--
         raise ValueError(f"{option} predictor needs {predictor_option} PATH (a predictor.json fitted on the device)")
     if kind == "macs" and str(target or "").startswith("latency"):
         raise ValueError(f"target {target!r} is a latency: use {option} measured or predictor")
+
+
+def check_lowrank(lowrank: str | None, strategy: str, option: str = "--lowrank") -> None:
+    """UserError if `lowrank` is not a low-rank method, or `strategy` cannot search rank ratios."""
+    from edgecompress.errors import suggest
+    from edgecompress.lowrank.decomposition import METHODS
+    from edgecompress.search.gradient import GRADIENT_STRATEGIES
+
+    if lowrank is None:
+        return
+    if lowrank not in METHODS:
+        raise UserError(f"{option} {lowrank!r} is not a low-rank method{suggest(str(lowrank), METHODS)}; "
+                        f"valid: {', '.join(METHODS)}")
+    if strategy in GRADIENT_STRATEGIES:
+        raise UserError(f"{option} adds rank ratios to a candidate search (amc, evolution, random, uniform); "
+                        f"{strategy} trains a network instead")
 
 
 def search_latency(kind: str, device: Any, runtime: str, threads: int, *, runs: int = 50, predictor: Any = None,
@@ -61,6 +77,7 @@ def search_command(
     search_images: int = 10000,
     batch_size: int = 128,
     options: dict[str, Any] | None = None,
+    lowrank: str | None = None,
 ) -> dict[str, Any]:
     """Run `strategy` on `loaded.model` against `target` and leave the search in `out`.
 
@@ -75,6 +92,9 @@ def search_command(
     `search_images` training images (half for the weights, half for the architecture)
     instead of evaluating `episodes` candidates; their child network is written to
     `out/child.pt` (loadable like any model). `options` are the strategy's own settings.
+
+    `lowrank` (svd | spatial-svd | tucker2 | cp) makes the space joint: a rank ratio per
+    layer that method factorizes, searched with the keep ratios (candidate strategies only).
     """
     from edgecompress.devices import get_device
     from edgecompress.devices.profiles import preferred_round_to
@@ -91,6 +111,7 @@ def search_command(
     if options and strategy not in GRADIENT_STRATEGIES:
         raise UserError(f"--option applies to the gradient searches ({', '.join(sorted(GRADIENT_STRATEGIES))}); "
                         f"{strategy} takes none here")
+    check_lowrank(lowrank, strategy)
     try:
         check_latency_kind(latency, predictor, target)
     except ValueError as exc:
@@ -110,7 +131,8 @@ def search_command(
                                  batch_size=batch_size, options=dict(options or {}))
     if out.exists() and not resume:
         shutil.rmtree(out)
-    space = SearchSpace.from_model(loaded.model.eval(), input_shape, round_to=preferred_round_to(dev) or 8)
+    space = SearchSpace.from_model(loaded.model.eval(), input_shape, round_to=preferred_round_to(dev) or 8,
+                                   lowrank=lowrank)
     evaluate = fashion_mnist_evaluator(input_shape, data_dir, val_samples=val_samples, seed=seed)
     source = search_latency(latency, dev, runtime, threads, predictor=predictor)
     # The final candidate is always measured on the device, whatever the search used.
@@ -132,6 +154,7 @@ def search_command(
         "strategy": strategy,
         "reward": reward,
         "target": target,
+        "lowrank": lowrank,
         "episodes": len(result.log),
         "latency_source": getattr(source, "name", None),
         "best": best,

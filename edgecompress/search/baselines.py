@@ -11,6 +11,9 @@
   population of P candidates (the first P random), each new one a mutation of the best
   of S sampled from the population (one to `mutations` groups get a new random ratio),
   projected onto the budget; the oldest member dies each step, whatever its reward.
+
+Random and evolution draw and mutate every dimension of a joint space (rank ratios
+too); the uniform baseline prunes only and leaves every rank layer whole.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import numpy as np
 from edgecompress.search.space import Constraint, Policy, SearchSpace
 
 
-def _random_units(space: SearchSpace, rng: np.random.Generator) -> list[int]:
-    return [g.round_units(float(rng.uniform(g.min_keep, g.max_keep))) for g in space.groups]
+def _random_units(space: SearchSpace, rng: np.random.Generator) -> list[float]:
+    return [d.snap(float(rng.uniform(d.min_keep, d.max_keep))) for d in space.dims]
 
 
-def _project(space: SearchSpace, units: list[int], constraint: Constraint | None) -> Policy:
+def _project(space: SearchSpace, units: list[float], constraint: Constraint | None) -> Policy:
     policy = space.from_units(units)
     return constraint.project(policy) if constraint is not None and constraint.hard else policy
 
@@ -77,7 +80,7 @@ class EvolutionStrategy:
         self.space = space
         self.population_size, self.sample, self.mutations = population, sample, mutations
         self.rng = np.random.default_rng(seed)
-        self.population: deque[tuple[list[int], float]] = deque()
+        self.population: deque[tuple[list[float], float]] = deque()  # (value per dimension, reward)
         self.episode = 0
 
     def ask(self, constraint: Constraint | None = None) -> Policy:
@@ -88,9 +91,9 @@ class EvolutionStrategy:
         child = list(parent)
         n = int(self.rng.integers(1, min(self.mutations, len(child)) + 1))
         for i in self.rng.choice(len(child), size=n, replace=False):
-            g = self.space.groups[int(i)]
+            g = self.space.dims[int(i)]
             others = [c for c in g.choices if c != child[int(i)]]
-            child[int(i)] = int(others[int(self.rng.integers(len(others)))])  # a real change, never a copy
+            child[int(i)] = others[int(self.rng.integers(len(others)))]  # a real change, never a copy
         return _project(self.space, child, constraint)
 
     def tell(self, policy: Policy, reward: float, outcome: Any = None) -> None:
@@ -109,7 +112,9 @@ class EvolutionStrategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.episode = int(state["episode"])
         self.rng.bit_generator.state = state["rng"]
-        self.population = deque((list(map(int, u)), float(r)) for u, r in state["population"])
+        n = len(self.space.groups)  # kept units are ints, rank ratios floats
+        self.population = deque(([int(v) if i < n else float(v) for i, v in enumerate(u)], float(r))
+                                for u, r in state["population"])
 
 
 class UniformStrategy:
@@ -131,8 +136,8 @@ class UniformStrategy:
         self._constraint: Constraint | None = None
 
     def _policy(self, ratio: float) -> Policy:
-        groups = self.space.groups
-        return self.space.from_units([g.round_units(min(max(ratio, g.min_keep), g.max_keep)) for g in groups])
+        groups, whole = self.space.groups, [r.max_keep for r in self.space.ranks]
+        return self.space.from_units([g.round_units(min(max(ratio, g.min_keep), g.max_keep)) for g in groups] + whole)
 
     def _fits(self, ratio: float) -> bool:
         c = self._constraint

@@ -9,8 +9,9 @@ Files in `out_dir` (all written atomically after every episode):
 - search_state.pt: everything needed to continue exactly (strategy state: agent weights,
   replay buffer, RNG; torch/numpy/python RNG states; the latency model; the log);
 - search_log.json: meta (strategy, reward, budget, space), one record per episode
-  (policy, widths, reward, accuracy, latency ms, MACs, params, feasible, wall time,
-  whether the latency came from the latency cache) and the best record;
+  (policy, widths, rank ratios in a joint space, reward, accuracy, latency ms, MACs,
+  params, feasible, wall time, whether the latency came from the latency cache) and the
+  best record;
 - best_policy.json: the best policy (within budget), `Policy.from_json` reads it back;
 - search.png: accuracy against latency (or MACs), Pareto front highlighted (at the end).
 
@@ -251,7 +252,7 @@ def run_search(
     reward_options: Mapping[str, Any] | None = None,
     strategy_options: Mapping[str, Any] | None = None,
 ) -> SearchResult:
-    """Search per-group keep ratios of `space.model` for `episodes` evaluations.
+    """Search per-group keep ratios (and a joint space's rank ratios) of `space.model` for `episodes` evaluations.
 
     strategy: "amc", "uniform", "random", "evolution" (options: `strategy_options`, e.g.
         AMCConfig fields) or a Strategy object.
@@ -304,12 +305,13 @@ def run_search(
     out = Path(out_dir) if out_dir is not None else None
     meta = {
         "format": FORMAT, "strategy": strat.name, "reward": rew.to_dict(), "budget": str(target) if target else None,
-        "seed": seed, "space": space.signature(), "groups": len(space), "input_shape": list(space.input_shape),
+        "seed": seed, "space": space.signature(), "groups": len(space.groups), "input_shape": list(space.input_shape),
         "latency_source": getattr(latency_source, "name", None) if latency_source is not None else None,
         "notes": notes,
+        **({"lowrank": space.lowrank, "rank_layers": len(space.ranks)} if space.ranks else {}),
     }
     log: list[dict[str, Any]] = []
-    cache: dict[tuple[int, ...], dict[str, Any]] = {}
+    cache: dict[tuple, dict[str, Any]] = {}  # (widths, rank ratios) -> the record that scored them
     latency_model: LinearLatencyModel | None = None
     state_path = out / STATE_FILE if out is not None else None
 
@@ -317,7 +319,7 @@ def run_search(
         saved = load_resumable(state_path, meta, ("strategy", "reward", "budget", "seed", "space"))
         meta = saved["meta"]
         log = saved["log"]
-        cache = {tuple(r["widths"]): r for r in log}
+        cache = {_key(r): r for r in log}
         strat.load_state_dict(saved["strategy"])
         if saved.get("latency_model") is not None:
             latency_model = LinearLatencyModel.from_dict(space, saved["latency_model"])
@@ -355,7 +357,9 @@ def run_search(
         _save_state(state_path, state)  # type: ignore[arg-type]
         atomic_write_json(out / LOG_FILE, {"meta": meta, "best": best, "episodes": log})
         if best is not None:
-            atomic_write_json(out / BEST_FILE, {"policy": best["policy"], "groups": list(space.names),
+            ranks = {"rank": best["rank"], "rank_layers": list(space.rank_names),
+                     "lowrank": space.lowrank} if space.ranks else {}
+            atomic_write_json(out / BEST_FILE, {"policy": best["policy"], "groups": list(space.names), **ranks,
                                                 "widths": best["widths"], "episode": best["episode"],
                                                 "reward": best["reward"], "accuracy": best["accuracy"],
                                                 "latency_ms": best["latency_ms"], "macs": best["macs"]})
@@ -378,7 +382,8 @@ def run_search(
                 stopped_early = True
                 break
             widths = space.widths(policy)
-            hit = cache.get(tuple(widths))
+            ranks = {"rank": [round(r, 6) for r in policy.rank]} if space.ranks else {}
+            hit = cache.get(_key({"widths": widths, **ranks}))
             if hit is not None:
                 outcome = Outcome(hit["accuracy"], hit["macs"], hit["params"], hit["latency_ms"])
                 cache_hit, reused = None, True
@@ -398,14 +403,14 @@ def run_search(
             if latency_model is not None and outcome.latency_ms is not None and not reused:
                 latency_model.observe(policy, outcome.latency_ms)
             record = {
-                "episode": len(log) + 1, "policy": [round(k, 6) for k in policy.keep], "widths": widths,
+                "episode": len(log) + 1, "policy": [round(k, 6) for k in policy.keep], "widths": widths, **ranks,
                 "reward": value, "accuracy": outcome.accuracy, "latency_ms": outcome.latency_ms,
                 "macs": int(outcome.macs), "params": int(outcome.params), "feasible": bool(feasible),
                 "wall_s": round(time.perf_counter() - t0, 4), "latency_cache_hit": cache_hit, "reused": reused,
                 "strategy": strat.info(),
             }
             log.append(record)
-            cache.setdefault(tuple(widths), record)
+            cache.setdefault(_key(record), record)
             checkpoint()
             best = _best(log, rew, meta)
             line = (f"best R {best['reward']:.4f} acc {best['accuracy']:.2%} lat {_fmt(best['latency_ms'], ' ms')} "
@@ -423,8 +428,19 @@ def run_search(
             files["best"] = str(out / BEST_FILE)
         files["plot"] = str(plot_search(log, out / PLOT_FILE, limit=meta.get("limit"),
                                         metric=target.metric if target else None))
-    return SearchResult(best=best, best_policy=Policy(tuple(best["policy"]), space.names) if best else None, log=log,
-                        meta=meta, out_dir=out, stopped_early=stopped_early, files=files)
+    return SearchResult(best=best, best_policy=_policy(best, space.names, space.rank_names, space.lowrank)
+                        if best else None, log=log, meta=meta, out_dir=out, stopped_early=stopped_early, files=files)
+
+
+def _key(record: Mapping[str, Any]) -> tuple:
+    """What identifies a candidate's model: its widths and (a joint space) its rank ratios."""
+    return tuple(record["widths"]), tuple(record.get("rank", ()))
+
+
+def _policy(record: Mapping[str, Any], names: tuple[str, ...], rank_names: tuple[str, ...],
+            lowrank: str | None) -> Policy:
+    return Policy(tuple(record["policy"]), names, tuple(record.get("rank", ())), rank_names,
+                  lowrank if record.get("rank") else None)
 
 
 class SearchPaused(DeviceUnavailableError):
@@ -446,7 +462,7 @@ def _setup_budget(space: SearchSpace, target: Any, source: Any, latency_of: Call
     if target.metric in ("macs", "params"):
         whole = space.total_macs if target.metric == "macs" else space.total_params
         limit = target.value * whole if target.fraction else target.value
-        floor = space.cost_units([g.choices[0] for g in space.groups], target.metric)
+        floor = space.cost_units([d.choices[0] for d in space.dims], target.metric)
         unit = " MACs" if target.metric == "macs" else " params"
         if source is not None:
             info["base_latency_ms"] = float(source.latency_ms(space.model, space.input_shape))
@@ -468,8 +484,9 @@ def _setup_budget(space: SearchSpace, target: Any, source: Any, latency_of: Call
         def show(v: float) -> str:
             return f"{v:.4g}{unit}" if unit == " ms" else f"{v:,.0f}{unit}"
 
+        ranks = " (and every rank layer at its smallest rank)" if space.ranks else ""
         raise UserError(f"budget {target} ({show(limit)}) is below the reachable minimum: every group at its "
-                        f"narrowest gives {show(floor)} ({floor / whole:.3f} of the model); raise the budget "
+                        f"narrowest{ranks} gives {show(floor)} ({floor / whole:.3f} of the model); raise the budget "
                         "or lower min_keep / round_to")
     info.update(limit=float(limit), reachable_min=float(floor))
     return info
@@ -507,10 +524,13 @@ def read_search(out_dir: str | Path) -> SearchResult:
     if not path.exists():
         raise UserError(f"{str(out)!r} holds no search log ({LOG_FILE}); run the search first")
     data = json.loads(path.read_text())
-    best = data.get("best")
-    names = tuple(json.loads((out / BEST_FILE).read_text())["groups"]) if best and (out / BEST_FILE).exists() else ()
-    return SearchResult(best=best, best_policy=Policy(tuple(best["policy"]), names) if best else None,
-                        log=data["episodes"], meta=data["meta"], out_dir=out)
+    best, meta = data.get("best"), data["meta"]
+    policy = None
+    if best and (out / BEST_FILE).exists():
+        policy = Policy.load(out / BEST_FILE)
+    elif best:
+        policy = _policy(best, (), (), meta.get("lowrank"))
+    return SearchResult(best=best, best_policy=policy, log=data["episodes"], meta=meta, out_dir=out)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

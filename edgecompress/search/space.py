@@ -12,10 +12,16 @@ that of the group it writes (output side); depthwise and grouped convolutions fo
 their output side only. For the zoo models (conv, depthwise, linear layers) the estimate
 equals the pruned model's measured MACs exactly (tests/search/test_search_space.py).
 
-`Constraint` is AMC's resource-constrained mode: decided layer by layer, each keep
-ratio is cut down just enough that the budget stays reachable with every later group at
-its minimum. `LinearLatencyModel` gives that clamp a latency estimate that is linear in
-every group's kept width, fitted on a few measured probe models.
+With `lowrank=METHOD` the space is joint: after the groups come one *rank ratio* per
+layer that method can factorize so that it saves MACs (`RankSpec`); `apply` prunes first,
+then factorizes each such layer at that ratio of the pruned layer's full rank. The
+estimate stays exact: a rank layer's pruned widths follow from the group fractions, and
+its factors' MACs / params come from `edgecompress.lowrank.decomposition` for those widths.
+
+`Constraint` is AMC's resource-constrained mode: decided dimension by dimension (groups,
+then rank layers), each value is cut down just enough that the budget stays reachable
+with every later dimension at its minimum. `LinearLatencyModel` gives that clamp a
+latency estimate that is linear in every dimension, fitted on a few measured probe models.
 """
 
 from __future__ import annotations
@@ -37,45 +43,71 @@ from torch import nn
 from edgecompress.errors import UserError, check_keys
 
 METRICS = ("macs", "params", "latency")
-LAYER_TYPES = ("conv", "depthwise", "grouped", "linear", "other")
+LAYER_TYPES = ("conv", "depthwise", "grouped", "linear", "other", "lowrank")  # lowrank: a rank dimension
 # Columns of `SearchSpace.features()`: AMC's static per-layer description.
 FEATURES = ("index", "type", "in_channels", "out_channels", "kernel", "stride", "feature_size", "macs")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """One keep ratio (fraction of a group's channels kept, in (0, 1]) per searchable group.
+    """One keep ratio (fraction of a group's channels kept, in (0, 1]) per searchable group,
+    and in a joint space one rank ratio per rank layer.
 
     `groups` names each group by its first producer, so a policy saved for one model is
-    refused by another (`SearchSpace.check`).
+    refused by another (`SearchSpace.check`). `rank[i]` is the fraction of layer
+    `rank_layers[i]`'s full rank kept, in (0, 1] (1 leaves the layer whole), factorized
+    with the method `lowrank` (svd | spatial-svd | tucker2 | cp).
     """
 
     keep: tuple[float, ...]
     groups: tuple[str, ...] = ()
+    rank: tuple[float, ...] = ()
+    rank_layers: tuple[str, ...] = ()
+    lowrank: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", tuple(float(k) for k in self.keep))
         object.__setattr__(self, "groups", tuple(str(g) for g in self.groups))
+        object.__setattr__(self, "rank", tuple(float(r) for r in self.rank))
+        object.__setattr__(self, "rank_layers", tuple(str(n) for n in self.rank_layers))
         for i, k in enumerate(self.keep):
             if not (math.isfinite(k) and 0 < k <= 1):
                 raise ValueError(f"Policy.keep[{i}] = {k!r} must be in (0, 1] (the fraction of channels kept)")
         if self.groups and len(self.groups) != len(self.keep):
             raise ValueError(f"Policy has {len(self.keep)} keep ratios but {len(self.groups)} group names")
+        for i, r in enumerate(self.rank):
+            if not (math.isfinite(r) and 0 < r <= 1):
+                raise ValueError(f"Policy.rank[{i}] = {r!r} must be in (0, 1] (the fraction of the layer's full rank "
+                                 "kept; 1 leaves it whole)")
+        if self.rank_layers and len(self.rank_layers) != len(self.rank):
+            raise ValueError(f"Policy has {len(self.rank)} rank ratios but {len(self.rank_layers)} rank layer names")
+        if self.rank and self.lowrank is None:
+            raise ValueError("Policy has rank ratios but no lowrank method; set lowrank to the method they "
+                             "factorize with (svd, spatial-svd, tucker2 or cp)")
+        if self.lowrank is not None:
+            from edgecompress.lowrank.decomposition import METHODS
+
+            if self.lowrank not in METHODS:
+                raise ValueError(f"Policy.lowrank = {self.lowrank!r} must be one of {', '.join(METHODS)}")
 
     def __len__(self) -> int:
         return len(self.keep)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keep": [round(k, 6) for k in self.keep], "groups": list(self.groups)}
+        data: dict[str, Any] = {"keep": [round(k, 6) for k in self.keep], "groups": list(self.groups)}
+        if self.rank:
+            data.update(rank=[round(r, 6) for r in self.rank], rank_layers=list(self.rank_layers), lowrank=self.lowrank)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         if not isinstance(data, Mapping):
             raise ValueError("a policy must be a mapping with a 'keep' list (and optionally 'groups')")
-        check_keys("policy key", data, ("keep", "groups"))
+        check_keys("policy key", data, _POLICY_KEYS)
         if "keep" not in data:
             raise ValueError("a policy needs a 'keep' list: one keep ratio per group")
-        return cls(tuple(data["keep"]), tuple(data.get("groups", ())))
+        return cls(tuple(data["keep"]), tuple(data.get("groups", ())), tuple(data.get("rank", ())),
+                   tuple(data.get("rank_layers", ())), data.get("lowrank"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -100,15 +132,19 @@ class Policy:
         except json.JSONDecodeError as exc:
             raise UserError(f"policy file {str(path)!r} is not JSON ({exc})") from None
         if isinstance(data, Mapping) and "keep" not in data and "policy" in data:  # best_policy.json
-            data = {"keep": data["policy"], "groups": data.get("groups", ())}
+            data = {**{k: data[k] for k in _POLICY_KEYS if k in data}, "keep": data["policy"]}
         try:
             return cls.from_dict(data)
         except ValueError as exc:
             raise UserError(f"policy file {str(path)!r}: {exc}") from None
 
     def short(self, digits: int = 2) -> str:
-        """The keep ratios on one line, for messages."""
-        return "[" + ", ".join(f"{k:.{digits}f}" for k in self.keep) + "]"
+        """The keep ratios (and rank ratios) on one line, for messages."""
+        text = "[" + ", ".join(f"{k:.{digits}f}" for k in self.keep) + "]"
+        return text + (" rank [" + ", ".join(f"{r:.{digits}f}" for r in self.rank) + "]" if self.rank else "")
+
+
+_POLICY_KEYS = ("keep", "groups", "rank", "rank_layers", "lowrank")
 
 
 @dataclass(frozen=True)
@@ -160,6 +196,54 @@ class GroupSpec:
         k = self.units if k >= self.units else k
         return min(max(k, self.choices[0]), self.choices[-1])
 
+    # A search dimension (GroupSpec or RankSpec): `choices` ascending, `snap(ratio)` -> the
+    # choice a ratio takes, `ratio_of(choice)` -> back to a ratio in (0, 1].
+    snap = round_units
+
+    def ratio_of(self, units: float) -> float:
+        return units / self.units
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """One searchable rank: a layer the space's low-rank method factorizes, and the rank
+    ratios it may take (`choices`, ascending, the last 1.0: the layer left whole).
+
+    A ratio is of the *pruned* layer's full rank (`rank_for_ratio(pruned, method, ratio,
+    round_to)`); a rank whose factors would not save MACs leaves the layer whole. `term`
+    is the index of the layer's LayerTerm (-1: no group changes its widths); in_hw/out_hw
+    its input/output feature-map sizes. Features as GroupSpec's, of the layer itself.
+    """
+
+    name: str
+    choices: tuple[float, ...]
+    layer: nn.Module = dataclasses.field(compare=False, repr=False)
+    term: int = -1
+    in_hw: tuple[int, int] = (1, 1)
+    out_hw: tuple[int, int] = (1, 1)
+    layer_type: str = "lowrank"
+    in_channels: int = 0
+    out_channels: int = 0
+    kernel: int = 1
+    stride: int = 1
+    feature_size: int = 1
+    macs: int = 0
+
+    @property
+    def min_keep(self) -> float:
+        return self.choices[0]
+
+    @property
+    def max_keep(self) -> float:
+        return self.choices[-1]
+
+    def snap(self, ratio: float) -> float:
+        """The nearest allowed rank ratio (the larger one on a tie)."""
+        return min(self.choices, key=lambda c: (abs(c - ratio), -c))
+
+    def ratio_of(self, value: float) -> float:
+        return float(value)
+
 
 @dataclass(frozen=True)
 class LayerTerm:
@@ -179,7 +263,10 @@ class SearchSpace:
 
     Build it with `SearchSpace.from_model`; the constructor takes the parts for synthetic
     spaces (tests). `fixed` maps build_groups slots that are cut but not searched to the
-    fraction they keep (prune_ rounds every prunable group, searched or not).
+    fraction they keep (prune_ rounds every prunable group, searched or not). `dims` are
+    the groups, then the `ranks` (rank layers of the low-rank method `lowrank`); a
+    policy's values per dimension (`units`) are kept units for a group, a rank ratio for
+    a rank layer.
     """
 
     def __init__(
@@ -198,6 +285,8 @@ class SearchSpace:
         ignore: tuple[str, ...] = (),
         skipped: Sequence[tuple[str, str]] = (),
         model: nn.Module | None = None,
+        ranks: Sequence[RankSpec] = (),
+        lowrank: str | None = None,
     ) -> None:
         if not groups:
             raise UserError("the search space is empty: no channel group can be pruned at these settings "
@@ -213,6 +302,9 @@ class SearchSpace:
         self.importance, self.ignore = importance, tuple(ignore)
         self.skipped = list(skipped)
         self.model = model
+        self.ranks, self.lowrank = list(ranks), lowrank if ranks else None
+        self.dims: list[GroupSpec | RankSpec] = [*self.groups, *self.ranks]
+        self._rank_cost: dict[tuple[int, int, int, float], tuple[int, int]] = {}
         self._build_matrices()
 
     # -- construction ---------------------------------------------------------------------
@@ -229,6 +321,7 @@ class SearchSpace:
         min_channels: int = 8,
         importance: str = "l2",
         ignore: Sequence[str] = (),
+        lowrank: str | None = None,
     ) -> SearchSpace:
         """The searchable groups of `model` at `input_shape` (C, H, W).
 
@@ -236,6 +329,11 @@ class SearchSpace:
         on a member's module name) and it has at least two kept widths between `min_keep`
         and `max_keep` after rounding to multiples of `round_to` channels and at least
         `min_channels`. The model is kept (not copied) for `apply`.
+
+        `lowrank` (svd | spatial-svd | tucker2 | cp) adds a rank dimension per layer that
+        method can factorize (not `ignore`d) whose smallest rank ratio saves MACs at full
+        width; its ratios are factorize_'s grid (DEFAULT_RATIOS) and 1.0 (left whole),
+        ranks rounded up to multiples of `round_to`.
         """
         from edgecompress.graph.cost import analyze
         from edgecompress.graph.groups import build_groups
@@ -289,6 +387,9 @@ class SearchSpace:
             if probe.round_units(1.0) < n:  # prune_ rounds a group it is given no ratio for, too
                 fixed[slot] = probe.round_units(1.0) / n
         terms = _layer_terms(raw, modules, records)
+        ranks: list[RankSpec] = []
+        if lowrank is not None:
+            ranks = _rank_specs(model, lowrank, records, terms, ignore, round_to, skipped)
         touched = [0] * len(raw)
         for t in terms:
             for slot in {s for s, _ in (*t.ins, *t.outs)}:  # a depthwise conv is on both sides of its group
@@ -296,7 +397,8 @@ class SearchSpace:
         specs = [dataclasses.replace(s, macs=touched[s.slot]) for s in specs]
         return cls(specs, terms, slots=len(raw), total_macs=base.total_macs, total_params=base.total_params,
                    input_shape=tuple(input_shape), fixed=fixed, round_to=round_to, min_channels=min_channels,
-                   importance=importance, ignore=ignore, skipped=skipped, model=model)
+                   importance=importance, ignore=ignore, skipped=skipped, model=model, ranks=ranks,
+                   lowrank=lowrank)
 
     @classmethod
     def chain(cls, widths: Sequence[int], *, feature_size: int = 64, in_channels: int = 3, classes: int = 10,
@@ -345,67 +447,103 @@ class SearchSpace:
     # -- policies -------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.groups)
+        """Searched dimensions: the groups, then the rank layers."""
+        return len(self.dims)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.groups)
 
-    def policy(self, keep: Sequence[float]) -> Policy:
-        """A policy of this space from keep ratios (snapped to the allowed widths)."""
-        return self.from_units([g.round_units(k) for g, k in zip(self.groups, keep, strict=True)])
+    @property
+    def rank_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.ranks)
 
-    def from_units(self, units: Sequence[int]) -> Policy:
-        return Policy(tuple(u / g.units for g, u in zip(self.groups, units, strict=True)), self.names)
+    def policy(self, ratios: Sequence[float]) -> Policy:
+        """A policy of this space from a ratio per dimension (keep ratios, then rank ratios), snapped to the choices."""
+        return self.from_units([d.snap(r) for d, r in zip(self.dims, ratios, strict=True)])
+
+    def from_units(self, units: Sequence[float]) -> Policy:
+        """The policy of a value per dimension (kept units per group, then rank ratios)."""
+        ratios = [d.ratio_of(u) for d, u in zip(self.dims, units, strict=True)]
+        n = len(self.groups)
+        return Policy(tuple(ratios[:n]), self.names, tuple(ratios[n:]), self.rank_names, self.lowrank)
 
     def full_policy(self) -> Policy:
-        """Every group at its widest choice."""
-        return self.from_units([g.choices[-1] for g in self.groups])
+        """Every group at its widest choice (and every rank layer whole)."""
+        return self.from_units([d.choices[-1] for d in self.dims])
 
     def min_policy(self) -> Policy:
-        """Every group at its narrowest choice: the smallest model the space holds."""
-        return self.from_units([g.choices[0] for g in self.groups])
+        """Every dimension at its smallest choice: the smallest model the space holds."""
+        return self.from_units([d.choices[0] for d in self.dims])
 
     def check(self, policy: Policy) -> None:
-        """UserError if `policy` was not made for this space (length or group names differ)."""
-        if len(policy) != len(self):
-            raise UserError(f"policy has {len(policy)} keep ratios but the search space has {len(self)} groups; "
-                            "it was made for another model or other search settings")
+        """UserError if `policy` was not made for this space (lengths, names or low-rank method differ)."""
+        if len(policy.keep) != len(self.groups):
+            raise UserError(f"policy has {len(policy.keep)} keep ratios but the search space has {len(self.groups)} "
+                            "groups; it was made for another model or other search settings")
         if policy.groups and policy.groups != self.names:
             bad = next(i for i, (a, b) in enumerate(zip(policy.groups, self.names)) if a != b)
             raise UserError(f"policy group {bad} is {policy.groups[bad]!r} but the model's is {self.names[bad]!r}; "
                             "the policy was made for another model")
+        if len(policy.rank) != len(self.ranks):
+            raise UserError(f"policy has {len(policy.rank)} rank ratios but the search space has {len(self.ranks)} "
+                            f"rank layers (lowrank {self.lowrank or 'none'}); it was made for other search settings")
+        if policy.rank and policy.lowrank != self.lowrank:
+            raise UserError(f"policy factorizes with {policy.lowrank!r} but the search space with {self.lowrank!r}; "
+                            "build the space with the policy's lowrank method")
+        if policy.rank_layers and policy.rank_layers != self.rank_names:
+            bad = next(i for i, (a, b) in enumerate(zip(policy.rank_layers, self.rank_names)) if a != b)
+            raise UserError(f"policy rank layer {bad} is {policy.rank_layers[bad]!r} but the model's is "
+                            f"{self.rank_names[bad]!r}; the policy was made for another model")
 
-    def units(self, policy: Policy) -> list[int]:
-        """Kept units per group (what `prune_` will keep) for `policy`."""
+    def units(self, policy: Policy) -> list[float]:
+        """The value per dimension for `policy`: kept units per group (what `prune_` will
+        keep), then the rank ratio per rank layer (snapped to its choices)."""
         self.check(policy)
-        return [g.round_units(k) for g, k in zip(self.groups, policy.keep)]
+        return [*(g.round_units(k) for g, k in zip(self.groups, policy.keep)),
+                *(r.snap(p) for r, p in zip(self.ranks, policy.rank))]
 
     def widths(self, policy: Policy) -> list[int]:
         """Kept channels of each group's widest producer."""
-        return [round(u * g.width / g.units) for g, u in zip(self.groups, self.units(policy))]
+        units = self.units(policy)[:len(self.groups)]
+        return [round(u * g.width / g.units) for g, u in zip(self.groups, units)]
 
     # -- cost estimates (no pruning) ------------------------------------------------------
 
     def _fractions(self, units: Sequence[float]) -> np.ndarray:
         frac = self._base_frac.copy()
-        frac[self._slot_of] = np.asarray(units, dtype=np.float64) / self._units
+        frac[self._slot_of] = np.asarray(units[:len(self.groups)], dtype=np.float64) / self._units
         return frac
 
     def cost_units(self, units: Sequence[float], metric: str = "macs") -> float:
-        """Estimated MACs or params of the model pruned to `units` kept per group."""
+        """Estimated MACs or params of the model pruned to `units` kept per group, then
+        factorized at the rank ratios that follow them (missing: every rank layer whole)."""
         frac = self._fractions(units) - 1.0
         f_in = 1.0 + self._in @ frac
         f_out = 1.0 + self._out @ frac
         dense = np.where(self._grouped, 1.0, f_in) * f_out
+        if metric not in ("macs", "params"):
+            raise ValueError(f"metric {metric!r} must be macs or params here (latency needs a LinearLatencyModel)")
+        lowrank = self._lowrank_change(units[len(self.groups):], f_in, f_out, metric == "macs")
         if metric == "macs":
-            return float(self._const_macs + self._macs @ dense)
-        if metric == "params":
-            return float(self._const_params + self._pw @ dense + self._pb @ f_out)
-        raise ValueError(f"metric {metric!r} must be macs or params here (latency needs a LinearLatencyModel)")
+            return float(self._const_macs + self._macs @ dense) + lowrank
+        return float(self._const_params + self._pw @ dense + self._pb @ f_out) + lowrank
+
+    def _lowrank_change(self, ratios: Sequence[float], f_in: np.ndarray, f_out: np.ndarray, macs: bool) -> float:
+        """What factorizing the rank layers at `ratios` adds to the pruned model's MACs (or params)."""
+        change = 0
+        for j, (spec, ratio) in enumerate(zip(self.ranks, ratios)):
+            if ratio >= 1.0:
+                continue
+            fi, fo = (f_in[spec.term], f_out[spec.term]) if spec.term >= 0 else (1.0, 1.0)
+            key = (j, round(spec.in_channels * fi), round(spec.out_channels * fo), float(ratio))
+            if key not in self._rank_cost:  # a handful of widths per layer: decided once each
+                self._rank_cost[key] = _factorized_change(spec, str(self.lowrank), *key[1:], self.round_to)
+            change += self._rank_cost[key][0 if macs else 1]
+        return float(change)
 
     def macs(self, policy: Policy) -> float:
-        """Estimated MACs of the pruned model (exact for conv/depthwise/linear layers)."""
+        """Estimated MACs of the pruned (and factorized) model (exact for conv/depthwise/linear layers)."""
         return self.cost_units(self.units(policy), "macs")
 
     def params(self, policy: Policy) -> float:
@@ -415,9 +553,9 @@ class SearchSpace:
     # -- AMC features ---------------------------------------------------------------------
 
     def features(self) -> np.ndarray:
-        """Static features per group (rows) in FEATURES order, each scaled to [0, 1] over the space."""
+        """Static features per dimension (rows) in FEATURES order, each scaled to [0, 1] over the space."""
         rows = np.array([[i, LAYER_TYPES.index(g.layer_type), g.in_channels, g.out_channels, g.kernel, g.stride,
-                          g.feature_size, g.macs] for i, g in enumerate(self.groups)], dtype=np.float64)
+                          g.feature_size, g.macs] for i, g in enumerate(self.dims)], dtype=np.float64)
         lo, hi = rows.min(0), rows.max(0)
         span = np.where(hi > lo, hi - lo, 1.0)
         return (rows - lo) / span
@@ -428,12 +566,18 @@ class SearchSpace:
         """The PruneConfig that prunes exactly `policy`: one anchored override per group."""
         from edgecompress.prune.structured import PruneConfig
 
-        overrides = {f"^{re.escape(g.name)}$": 1.0 - u / g.units for g, u in zip(self.groups, self.units(policy))}
+        units = self.units(policy)[:len(self.groups)]
+        overrides = {f"^{re.escape(g.name)}$": 1.0 - u / g.units for g, u in zip(self.groups, units)}
         return PruneConfig(overrides=overrides, importance=self.importance, ignore=self.ignore,
                            round_to=self.round_to, min_channels=self.min_channels)
 
     def prune(self, policy: Policy, model: nn.Module | None = None):
-        """(pruned copy, PruneResult) of `model` (default: the model the space was built from)."""
+        """(pruned copy, PruneResult) of `model` (default: the model the space was built from).
+
+        With rank ratios below 1 the pruned copy is then factorized (`factorize_`): the
+        result's macs_after / params_after are then the factorized model's, and its
+        `factorized` holds what factorize_ did to the layers it replaced.
+        """
         import warnings
 
         from edgecompress.prune.structured import prune_
@@ -443,10 +587,17 @@ class SearchSpace:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # anchored overrides always match; ignore notes are the user's
             result = prune_(pruned, self.prune_config(policy), input_shape=self.input_shape)  # type: ignore[arg-type]
+        ratios = {r.name: p for r, p in zip(self.ranks, self.units(policy)[len(self.groups):]) if p < 1.0}
+        if ratios:
+            fac = _factorize(pruned, self.lowrank, ratios, self.round_to, self.input_shape)  # type: ignore[arg-type]
+            record = fac.to_dict()
+            record["layers"] = [p for p in record["layers"] if p["status"] == "factorized"]
+            result = dataclasses.replace(result, macs_after=fac.macs_after, params_after=fac.params_after,
+                                         factorized=record)
         return pruned, result
 
     def apply(self, policy: Policy, model: nn.Module | None = None) -> nn.Module:
-        """A pruned copy of `model` (default: the space's own model) as `policy` says."""
+        """A pruned (and factorized) copy of `model` (default: the space's own model) as `policy` says."""
         return self.prune(policy, model)[0]
 
     def _model(self, model: nn.Module | None) -> nn.Module:
@@ -460,7 +611,10 @@ class SearchSpace:
     def signature(self) -> str:
         """Short hash of what the space searches over (groups, widths, choices, rounding)."""
         data = [(g.name, g.units, g.width, g.choices) for g in self.groups]
-        text = json.dumps([data, self.round_to, self.min_channels, self.importance, list(self.ignore)])
+        parts: list[Any] = [data, self.round_to, self.min_channels, self.importance, list(self.ignore)]
+        if self.ranks:  # a space without rank layers keeps the signature it always had
+            parts.append([self.lowrank, [(r.name, r.choices) for r in self.ranks]])
+        text = json.dumps(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -473,6 +627,10 @@ class SearchSpace:
                         "type": g.layer_type, "in": g.in_channels, "out": g.out_channels, "kernel": g.kernel,
                         "stride": g.stride, "feature_size": g.feature_size, "macs": g.macs} for g in self.groups],
             "skipped": [{"name": n, "why": why} for n, why in self.skipped],
+            **({"lowrank": self.lowrank, "ranks": [
+                {"name": r.name, "choices": list(r.choices), "in": r.in_channels, "out": r.out_channels,
+                 "kernel": r.kernel, "stride": r.stride, "feature_size": r.feature_size, "macs": r.macs}
+                for r in self.ranks]} if self.ranks else {}),
         }
 
 
@@ -543,16 +701,99 @@ def _widths(mod: nn.Module) -> tuple[int, int]:
     return 0, 0
 
 
+# -- rank dimensions ------------------------------------------------------------------------
+
+
+def _hw(shape: Sequence[int]) -> tuple[int, int]:
+    return (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
+
+
+def _rank_specs(model: nn.Module, method: str, records: dict[str, Any], terms: list[LayerTerm],
+                ignore: tuple[str, ...], round_to: int, skipped: list[tuple[str, str]]) -> list[RankSpec]:
+    """A RankSpec per layer `method` factorizes whose smallest rank ratio saves MACs at full
+    width (the others that it supports go to `skipped`, with the reason)."""
+    from edgecompress.lowrank import decomposition as dec
+    from edgecompress.lowrank.factorize import DEFAULT_RATIOS
+
+    if method not in dec.METHODS:
+        raise ValueError(f"lowrank = {method!r} must be one of {', '.join(dec.METHODS)}")
+    choices = (*DEFAULT_RATIOS, 1.0)
+    index = {t.name: i for i, t in enumerate(terms)}
+    specs = []
+    for name, layer in model.named_modules():
+        record = records.get(name)
+        if record is None or dec.unsupported(layer, method) is not None or any(re.search(p, name) for p in ignore):
+            continue
+        in_hw, out_hw = _hw(record.input_shape), _hw(record.output_shape)
+        rank = dec.rank_for_ratio(layer, method, choices[0], round_to)
+        macs = dec.factorized_macs(layer, method, rank, in_hw, out_hw)
+        if macs >= record.macs:
+            skipped.append((name, f"{method} at its smallest rank {rank} would not save MACs "
+                                  f"({macs:,} vs {record.macs:,})"))
+            continue
+        specs.append(RankSpec(name, choices, layer, index.get(name, -1), in_hw, out_hw,
+                              **{**_features(layer, record), "layer_type": "lowrank", "macs": int(record.macs)}))
+    if not specs:
+        raise UserError(f"lowrank {method}: no layer of this model can be factorized with it so that it saves MACs "
+                        f"(at rank ratio {choices[0]}, ranks at multiples of {round_to}); try another method, or "
+                        "search without lowrank")
+    return specs
+
+
+def _resized(layer: nn.Module, ci: int, co: int) -> nn.Module:
+    """A shape-only copy (meta device) of `layer` with `ci` inputs and `co` outputs: what pruning leaves of it."""
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(ci, co, bias=bias, device="meta")
+    return nn.Conv2d(ci, co, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=bias,
+                     padding_mode=layer.padding_mode, device="meta")
+
+
+def _factorized_change(spec: RankSpec, method: str, ci: int, co: int, ratio: float, round_to: int) -> tuple[int, int]:
+    """(MACs, params) factorizing the layer pruned to ci -> co at `ratio` adds (negative: saves);
+    (0, 0) where factorize_ would leave it whole (its factors would not save MACs)."""
+    from edgecompress.lowrank import decomposition as dec
+
+    layer = _resized(spec.layer, ci, co)
+    rank = dec.rank_for_ratio(layer, method, ratio, round_to)
+    macs = dec.factorized_macs(layer, method, rank, spec.in_hw, spec.out_hw)
+    # A conv's / linear's MACs and weights scale exactly with in x out channels.
+    scale = ci * co, spec.in_channels * spec.out_channels
+    dense_macs = spec.macs * scale[0] // scale[1]
+    if macs >= dense_macs:
+        return 0, 0
+    dense_params = spec.layer.weight.numel() * scale[0] // scale[1] + (co if spec.layer.bias is not None else 0)
+    return macs - dense_macs, dec.factorized_params(layer, method, rank) - dense_params
+
+
+def _factorize(model: nn.Module, method: str, ratios: Mapping[str, float], round_to: int,
+               input_shape: tuple[int, ...]):
+    """factorize_ each named layer of `model` (in place) at its rank ratio; the FactorizeResult."""
+    from edgecompress.lowrank.factorize import LowRankConfig, factorize_
+
+    chosen = "|".join(re.escape(name) for name in ratios)
+    config = LowRankConfig(
+        method=method,
+        rank=1.0,  # LowRankConfig wants a rule; every layer factorized has its own override
+        overrides={f"^{re.escape(name)}$": {"rank": ratio} for name, ratio in ratios.items()},
+        ignore=(f"^(?!(?:{chosen})$)",),  # every other layer stays as it is
+        round_to=round_to,
+    )
+    return factorize_(model, config, input_shape=tuple(input_shape))  # type: ignore[arg-type]
+
+
 # -- budgets and AMC's clamp ----------------------------------------------------------------
 
 
 class LinearLatencyModel:
     """Latency (ms) estimated as linear in every group's kept width, for the clamp.
 
-    latency ~= correction * (full_ms - sum_g savings_g * (max_g - units_g) / (max_g - min_g))
+    latency ~= correction * (full_ms - sum_d savings_d * (max_d - value_d) / (max_d - min_d))
 
-    `fit` measures the widest model, the narrowest, and each group alone at its minimum
-    (len(space) + 2 calls of the source): savings_g is what cutting group g alone saves,
+    over every dimension d (a group's kept units, a rank layer's rank ratio).
+
+    `fit` measures the widest model, the narrowest, and each dimension alone at its minimum
+    (len(space) + 2 calls of the source): savings_d is what cutting dimension d alone saves,
     rescaled so the estimate of the narrowest model equals its measurement (cutting
     several groups saves less than the sum of their savings when they meet in a layer).
     `observe` refines a multiplicative correction from every measured candidate (a high
@@ -565,21 +806,21 @@ class LinearLatencyModel:
     def __init__(self, space: SearchSpace, full_ms: float, min_ms: float, savings: Sequence[float],
                  ratios: Sequence[float] = ()) -> None:
         if len(savings) != len(space):
-            raise ValueError(f"{len(savings)} savings for a space of {len(space)} groups")
+            raise ValueError(f"{len(savings)} savings for a space of {len(space)} dimensions")
         self.space = space
         self.full_ms, self.min_ms = float(full_ms), float(min_ms)
         self.savings = np.maximum(np.asarray(savings, dtype=np.float64), 0.0)  # monotone: the clamp bisects
         self.ratios = [float(r) for r in ratios]
-        self._max = np.array([g.choices[-1] for g in space.groups], dtype=np.float64)
-        self._span = np.array([g.choices[-1] - g.choices[0] for g in space.groups], dtype=np.float64)
+        self._max = np.array([d.choices[-1] for d in space.dims], dtype=np.float64)
+        self._span = np.array([d.choices[-1] - d.choices[0] for d in space.dims], dtype=np.float64)
 
     @classmethod
     def fit(cls, space: SearchSpace, latency_ms: Callable[[Policy], float]) -> LinearLatencyModel:
         """Fit on len(space) + 2 probe policies; `latency_ms(policy)` measures one (ms)."""
         full, low = latency_ms(space.full_policy()), latency_ms(space.min_policy())
-        top = [g.choices[-1] for g in space.groups]
+        top = [d.choices[-1] for d in space.dims]
         alone = []
-        for i, g in enumerate(space.groups):
+        for i, g in enumerate(space.dims):
             units = list(top)
             units[i] = g.choices[0]
             alone.append(max(0.0, full - latency_ms(space.from_units(units))))
@@ -642,21 +883,23 @@ class Constraint:
         self.space, self.metric, self.limit, self.hard = space, metric, float(limit), hard
         self.estimate_units = estimate
 
-    def floor_units(self) -> list[int]:
-        return [g.choices[0] for g in self.space.groups]
+    def floor_units(self) -> list[float]:
+        return [d.choices[0] for d in self.space.dims]
 
     def estimate(self, policy: Policy) -> float:
         return self.estimate_units(self.space.units(policy))
 
-    def clamp(self, decided: Sequence[int], want: int) -> int:
-        """Largest allowed unit count <= `want` for group len(decided) such that the budget holds
-        with `decided` for the groups before it and every later group at its minimum.
+    def clamp(self, decided: Sequence[float], want: float) -> float:
+        """Largest allowed value <= `want` for dimension len(decided) (kept units of a group,
+        rank ratio of a rank layer) such that the budget holds with `decided` for the
+        dimensions before it and every later one at its minimum. Exact for rank layers too:
+        the cost is monotone in every dimension (a lower rank never costs more).
 
-        If even the group's minimum breaks the budget (only when the decided prefix already
-        does), the minimum is returned: the clamp never leaves the space.
+        If even the dimension's minimum breaks the budget (only when the decided prefix
+        already does), the minimum is returned: the clamp never leaves the space.
         """
         i = len(decided)
-        g = self.space.groups[i]
+        g = self.space.dims[i]
         units = [*decided, want, *self.floor_units()[i + 1:]]
         if self.estimate_units(units) <= self.limit:
             return want
@@ -673,8 +916,8 @@ class Constraint:
         return best
 
     def project(self, policy: Policy) -> Policy:
-        """`policy` clamped group by group, in order (what AMC does to its actions)."""
-        decided: list[int] = []
+        """`policy` clamped dimension by dimension, in order (what AMC does to its actions)."""
+        decided: list[float] = []
         for want in self.space.units(policy):
             decided.append(self.clamp(decided, want))
         return self.space.from_units(decided)

@@ -15,7 +15,8 @@ steps:
       bn_batches: 10           # training batches re-estimating BN statistics per candidate
       compare_uniform: true    # also carry uniform pruning at the same budget through the later steps
       options: {}              # the strategy's own settings (AMCConfig fields, evolution population ...)
-  - prune: {policy: search}    # prune to the best policy found
+      lowrank: spatial-svd     # optional: also a rank ratio per layer it factorizes (svd | spatial-svd | tucker2 | cp)
+  - prune: {policy: search}    # prune to the best policy found (and factorize, with lowrank)
   - finetune: {epochs: 3, kd: {temperature: 4, alpha: 0.9}}
 ```
 
@@ -51,7 +52,7 @@ RUNTIMES = ("litert", "onnxruntime")
 DEFAULTS: dict[str, Any] = {
     "strategy": "amc", "episodes": 40, "reward": "error", "latency": "measured", "runtime": "litert", "threads": 1,
     "runs": 100, "predictor": None, "val_samples": 1000, "bn_batches": 10, "compare_uniform": False, "options": {},
-    "epochs": 10, "search_images": 10000, "batch_size": 128,
+    "epochs": 10, "search_images": 10000, "batch_size": 128, "lowrank": None,
 }
 KEYS = {"target", *DEFAULTS}
 
@@ -65,7 +66,7 @@ def search_params(params: dict) -> dict[str, Any]:
     """The step's parameters with defaults filled in; ValueError naming the first bad one."""
     from edgecompress.errors import UserError, check_keys
     from edgecompress.prune.structured import Target
-    from edgecompress.search.api import check_latency_kind
+    from edgecompress.search.api import check_latency_kind, check_lowrank
     from edgecompress.search.gradient import GRADIENT_STRATEGIES, all_strategies
     from edgecompress.search.reward import list_rewards
 
@@ -105,6 +106,10 @@ def search_params(params: dict) -> dict[str, Any]:
         raise ValueError("compare_uniform needs a searching strategy (not uniform) and a budget (not error_log_macs)")
     if not isinstance(p["options"], dict):
         raise ValueError(f"options = {p['options']!r} must be a mapping of the strategy's settings")
+    try:
+        check_lowrank(p["lowrank"], p["strategy"], option="lowrank:")
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
     return p
 
 
@@ -144,7 +149,8 @@ def _check_order(steps: list[tuple[str, dict]]) -> None:
 
 @register_step("search", validate=_validate)
 def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> nn.Module:
-    """Search a keep ratio per group (the model is unchanged; `prune: {policy: search}` applies it)."""
+    """Search a keep ratio per group, and with `lowrank` a rank ratio per layer (the model is unchanged;
+    `prune: {policy: search}` applies it)."""
     from edgecompress.errors import UserError
     from edgecompress.search.runner import STATE_FILE, run_search
     from edgecompress.search.space import SearchSpace
@@ -154,7 +160,8 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
         raise UserError("the search step scores candidates on held-out images: set data.val_size > 0 in the recipe")
     if _gradient(p):
         return _gradient_step(model, p, ctx)
-    space = SearchSpace.from_model(model.eval(), tuple(ctx.input_shape), round_to=ctx.round_to() or 1)
+    space = SearchSpace.from_model(model.eval(), tuple(ctx.input_shape), round_to=ctx.round_to() or 1,
+                                   lowrank=p["lowrank"])
     evaluate, source = _scoring(p, ctx)
     # Settings and model go into the checkpoint dir's name: a re-run with the same ones resumes.
     key = hashlib.sha256(json.dumps([p, space.signature(), ctx.seed, getattr(ctx.device, "name", None)],
@@ -174,7 +181,8 @@ def search_step(model: nn.Module, params: dict[str, Any], ctx: StepContext) -> n
     result = run(p["strategy"], out, p["options"])
     if result.best_policy is None:
         raise UserError(f"search: none of the {len(result.log)} candidates met {target!r}; raise episodes or the budget")
-    record = {"params": p, "space": {"groups": len(space), "signature": space.signature(), "round_to": space.round_to},
+    record = {"params": p, "space": {"groups": len(space.groups), "rank_layers": len(space.ranks),
+                                     "signature": space.signature(), "round_to": space.round_to},
               "meta": {k: v for k, v in result.meta.items() if k not in ("space",)},
               "searched": {"strategy": p["strategy"], **result.summary(space.total_macs),
                            "seconds": round(time.perf_counter() - t0, 1)}}

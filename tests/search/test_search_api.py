@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from edgecompress.cli import cli, main
+
+torch.set_num_threads(1)
 
 DEMO = str(Path(__file__).resolve().parents[2] / "models" / "demo" / "fmnist_mobilenetv2.pt")
 
@@ -44,3 +47,36 @@ def test_search_cli_runs_resumes_and_rejects_bad_input(tmp_path, capsys) -> None
     assert "is a latency" in error(["search", DEMO, "--target", "latency=0.5", "--latency", "macs", "--out",
                                     str(tmp_path / "v")])
     assert not (tmp_path / "t").exists() and not (tmp_path / "v").exists()
+
+
+def test_search_cli_lowrank_searches_rank_ratios_too(tmp_path, capsys) -> None:
+    from support import zoo_checkpoint
+
+    from edgecompress.graph import analyze
+    from edgecompress.models.loading import load_model
+    from edgecompress.devices.local import host_round_to
+    from edgecompress.search.space import Policy, SearchSpace
+
+    model = zoo_checkpoint(tmp_path, "resnet20", num_classes=10, in_channels=1, width_mult=0.5)  # 4x fewer MACs
+    out = tmp_path / "s"
+    args = ["search", model, "--strategy", "evolution", "--target", "macs=0.8", "--latency", "macs", "--episodes",
+            "2", "--val-samples", "100", "--runtime", "onnxruntime", "--lowrank", "spatial-svd", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "search.json").read_text())
+    loaded = load_model(model)
+    total = analyze(loaded.model, (1, 28, 28)).total_macs
+    assert summary["lowrank"] == "spatial-svd" and summary["best"]["macs"] <= 0.8 * total
+    policy = Policy.load(out / "best_policy.json")
+    assert policy.lowrank == "spatial-svd" and policy.rank == tuple(summary["best"]["rank"])
+    space = SearchSpace.from_model(loaded.model, (1, 28, 28), round_to=host_round_to(), lowrank="spatial-svd")
+    assert policy.rank_layers == space.rank_names and len(policy.rank) == len(space.ranks) > 1
+
+    capsys.readouterr()
+    assert main(args[:-3] + ["spatial-svdd", "--out", str(tmp_path / "t")]) == 2
+    assert ("--lowrank 'spatial-svdd' is not a low-rank method (did you mean spatial-svd?); valid: svd, spatial-svd, "
+            "tucker2, cp") in capsys.readouterr().err
+    assert main(["search", model, "--strategy", "tas", "--target", "macs=0.5", "--lowrank", "svd", "--out",
+                 str(tmp_path / "u")]) == 2
+    assert "--lowrank adds rank ratios to a candidate search" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "u").exists()

@@ -110,3 +110,25 @@ def test_evolution_state_round_trip_and_validation():
     assert other.ask(None) == nxt and list(other.population) == list(evo.population)
     with pytest.raises(ValueError, match="sample = 5 must be an integer in \\[1, population=4\\]"):
         EvolutionStrategy(SPACE, population=4, sample=5)
+
+
+def test_evolution_mutates_and_restores_rank_ratios_of_a_joint_space():
+    from edgecompress.models import create_model
+
+    joint = SearchSpace.from_model(create_model("resnet20", num_classes=10, in_channels=1), (1, 28, 28),
+                                   lowrank="spatial-svd")
+    n = len(joint.groups)
+    evo = EvolutionStrategy(joint, seed=0, population=2, sample=1, mutations=len(joint))
+    changed = 0
+    for _ in range(8):
+        parent = max(evo.population, key=lambda m: m[1])[0] if len(evo.population) == 2 else None
+        policy = evo.ask(None)
+        values = joint.units(policy)
+        assert all(v in d.choices for v, d in zip(values, joint.dims))
+        if parent is not None:
+            changed += sum(a != b for a, b in zip(values[n:], parent[n:]))
+        evo.tell(policy, float(np.sum(policy.keep) + np.sum(policy.rank)))
+    assert changed > 0  # mutations reach the rank ratios, which stay ratios (not truncated to ints)
+    other = EvolutionStrategy(joint, seed=1, population=2, sample=1, mutations=len(joint))
+    other.load_state_dict(evo.state_dict())
+    assert list(other.population) == list(evo.population) and other.ask(None) == evo.ask(None)

@@ -222,3 +222,52 @@ def test_errors(space, tmp_path):
 def test_pareto_front():
     pts = [(1.0, 0.5), (2.0, 0.7), (1.5, 0.4), (3.0, 0.69), (0.5, 0.1), (2.0, 0.6)]
     assert pareto_front(pts) == [4, 0, 1]
+
+
+@pytest.fixture(scope="module")
+def joint(space) -> SearchSpace:
+    return SearchSpace.from_model(space.model, SHAPE, lowrank="spatial-svd")
+
+
+@pytest.mark.parametrize("strategy,options", [("amc", AMC), ("evolution", {"population": 3, "sample": 2}),
+                                              ("random", {})])
+def test_joint_search_meets_a_macs_budget_and_factorizes(joint, tmp_path, strategy, options):
+    from edgecompress.lowrank import LowRank
+    from edgecompress.search.space import Policy
+
+    out = tmp_path / strategy
+    # Pruning alone reaches 0.132 of the MACs at best, factorizing too 0.084: every candidate must factorize.
+    pruned_only = joint.cost_units([g.choices[0] for g in joint.groups])
+    assert pruned_only > 0.12 * joint.total_macs > joint.macs(joint.min_policy())
+    result = run_search(strategy, joint, fake_accuracy, None, "macs=0.12", episodes=5, seed=0, out_dir=out,
+                        progress=False, strategy_options=options)
+    limit = 0.12 * joint.total_macs
+    assert result.meta["lowrank"] == "spatial-svd" and result.meta["rank_layers"] == 18
+    assert all(r["feasible"] and r["macs"] <= limit and len(r["rank"]) == 18 for r in result.log)
+    best = result.best_policy
+    assert best.rank == tuple(result.best["rank"]) and best.lowrank == "spatial-svd"
+    model = joint.apply(best)
+    assert analyze(model, SHAPE).total_macs == result.best["macs"] == joint.macs(best) <= limit
+    assert any(isinstance(m, LowRank) for m in model.modules())  # at least one layer factorized
+    assert Policy.load(out / "best_policy.json") == best == read_search(out).best_policy
+
+
+def test_interrupted_joint_search_resumes_to_the_same_result(joint, tmp_path):
+    args = dict(episodes=5, seed=1, progress=False, strategy_options=AMC)
+    straight = run_search("amc", joint, fake_accuracy, None, "macs=0.4", out_dir=tmp_path / "a", **args)
+    calls = {"n": 0}
+
+    def interrupted(model):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return fake_accuracy(model)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search("amc", joint, interrupted, None, "macs=0.4", out_dir=tmp_path / "b", **args)
+    resumed = run_search("amc", joint, fake_accuracy, None, "macs=0.4", out_dir=tmp_path / "b", resume=True, **args)
+    assert _strip(resumed.log) == _strip(straight.log) and resumed.best_policy == straight.best_policy
+    # the joint space is another space: a pruning-only search cannot resume it
+    with pytest.raises(UserError, match="cannot resume .* with space"):
+        run_search("amc", SearchSpace.from_model(joint.model, SHAPE), fake_accuracy, None, "macs=0.4",
+                   out_dir=tmp_path / "b", resume=True, **args)

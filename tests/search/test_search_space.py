@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -202,3 +203,125 @@ def test_empty_space_is_a_user_error():
     tiny = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 4))
     with pytest.raises(UserError, match="the search space is empty"):
         SearchSpace.from_model(tiny, SHAPE)
+
+
+# -- the joint space: a rank ratio per factorizable layer after the groups -------------------
+
+
+@pytest.fixture(scope="module")
+def joint_space(resnet_space) -> SearchSpace:
+    return SearchSpace.from_model(resnet_space.model, SHAPE, lowrank="spatial-svd")
+
+
+def test_joint_space_dims_names_and_features(resnet_space, joint_space):
+    sp = joint_space
+    convs = [n for n, m in sp.model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    # every 3x3 conv but the stem: 1 -> 16 channels, where even rank 3 of 3 costs more than the conv
+    assert sp.rank_names == tuple(convs[1:]) and len(sp.ranks) == 18
+    assert sp.skipped == [("features.0.conv", "spatial-svd at its smallest rank 3 would not save MACs "
+                                                "(119,952 vs 112,896)")]
+    assert sp.names == resnet_space.names and len(sp) == 12 + 18 and sp.lowrank == "spatial-svd"
+    assert sp.dims == [*sp.groups, *sp.ranks]
+    r = sp.ranks[0]
+    assert r.choices == (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0) and (r.min_keep, r.max_keep) == (0.125, 1.0)
+    assert (r.in_channels, r.out_channels, r.kernel, r.macs, r.in_hw) == (16, 16, 3, 1806336, (28, 28))
+    assert r.snap(0.3) == 0.25 and r.snap(0.3125) == 0.375 and r.snap(0.95) == 1.0
+    feats = sp.features()
+    assert feats.shape == (30, len(FEATURES)) and (feats[12:, 1] == 1).all() and (feats[:12, 1] < 1).all()
+    full = sp.full_policy()
+    assert full.rank == (1.0,) * 18 and full.rank_layers == sp.rank_names and full.lowrank == "spatial-svd"
+    assert sp.macs(full) == resnet_space.total_macs and sp.signature() != resnet_space.signature()
+    assert sp.to_dict()["ranks"][0]["name"] == "features.1.conv1.conv"
+    assert [r.name for r in SearchSpace.from_model(sp.model, SHAPE, lowrank="svd").ranks] == [
+        "features.4.shortcut.conv", "features.7.shortcut.conv", "classifier"]
+    with pytest.raises(ValueError, match="lowrank = 'svdd' must be one of svd, spatial-svd, tucker2, cp"):
+        SearchSpace.from_model(sp.model, SHAPE, lowrank="svdd")
+    with pytest.raises(UserError, match="lowrank svd: no layer of this model can be factorized"):
+        SearchSpace.from_model(sp.model, SHAPE, lowrank="svd", ignore=("shortcut|classifier",))
+
+
+@pytest.mark.parametrize("method", ["spatial-svd", "svd", "tucker2"])
+def test_joint_estimate_equals_the_pruned_and_factorized_model(method, resnet_space):
+    """Exact, not approximate: the rank of a pruned layer and its factors' cost come from
+    lowrank.decomposition at the pruned widths (cp is exact the same way, only slow to decompose)."""
+    from edgecompress.graph.cost import analyze
+    from edgecompress.lowrank import LowRank
+
+    sp = SearchSpace.from_model(resnet_space.model, SHAPE, lowrank=method)
+    rng = np.random.default_rng(0)
+    factorized = 0
+    for _ in range(3):
+        policy = sp.policy(rng.uniform(0.1, 1.0, len(sp)))
+        pruned, result = sp.prune(policy)
+        measured = analyze(pruned, SHAPE)
+        assert sp.macs(policy) == pytest.approx(measured.total_macs, rel=1e-12) == result.macs_after
+        assert sp.params(policy) == pytest.approx(measured.total_params, rel=1e-12) == result.params_after
+        replaced = {n for n, m in pruned.named_modules() if isinstance(m, LowRank)}
+        assert replaced == {p["name"] for p in (result.factorized or {"layers": []})["layers"]}
+        assert replaced <= {r.name for r, k in zip(sp.ranks, policy.rank) if k < 1}
+        factorized += len(replaced)
+    assert factorized > 0
+
+
+def test_joint_policy_round_trip_and_errors(joint_space, tmp_path):
+    sp = joint_space
+    policy = sp.policy([0.6] * 12 + [0.3] * 18)
+    assert policy.rank == (0.25,) * 18 and sp.units(policy)[12:] == [0.25] * 18
+    again = Policy.from_json(policy.to_json())
+    assert again == policy and again.to_dict()["lowrank"] == "spatial-svd"
+    best = tmp_path / "best_policy.json"  # the runner's file: keep ratios under "policy"
+    best.write_text(json.dumps({"policy": list(policy.keep), "groups": list(sp.names), "rank": list(policy.rank),
+                                "rank_layers": list(sp.rank_names), "lowrank": "spatial-svd", "widths": [8] * 12}))
+    assert Policy.load(best) == policy
+    old = Policy.from_dict({"keep": [0.5] * 12, "groups": list(sp.names)})  # saved before rank existed
+    assert old.rank == () and old.lowrank is None and "rank" not in old.to_dict()
+    with pytest.raises(UserError, match="policy has 0 rank ratios but the search space has 18 rank layers "
+                                        r"\(lowrank spatial-svd\)"):
+        sp.check(old)
+    with pytest.raises(ValueError, match=r"Policy.rank\[1\] = 0.0 must be in \(0, 1\] \(the fraction of the "
+                                         "layer's full rank kept; 1 leaves it whole\)"):
+        Policy((0.5,), rank=(0.5, 0), lowrank="svd")
+    with pytest.raises(ValueError, match=r"Policy.rank\[0\] = 1.5 must be in \(0, 1\]"):
+        Policy((0.5,), rank=(1.5,), lowrank="svd")
+    with pytest.raises(ValueError, match="Policy has 2 rank ratios but 1 rank layer names"):
+        Policy((0.5,), rank=(0.5, 0.5), rank_layers=("a",), lowrank="svd")
+    with pytest.raises(ValueError, match="Policy has rank ratios but no lowrank method"):
+        Policy((0.5,), rank=(0.5,))
+    with pytest.raises(ValueError, match="Policy.lowrank = 'svdd' must be one of"):
+        Policy((0.5,), rank=(0.5,), lowrank="svdd")
+    with pytest.raises(UserError, match="policy factorizes with 'tucker2' but the search space with 'spatial-svd'"):
+        sp.check(Policy(policy.keep, rank=policy.rank, lowrank="tucker2"))
+    renamed = Policy(policy.keep, rank=policy.rank, rank_layers=("x",) + sp.rank_names[1:], lowrank="spatial-svd")
+    with pytest.raises(UserError, match="policy rank layer 0 is 'x' but the model's is 'features.1.conv1.conv'"):
+        sp.check(renamed)
+
+
+def test_clamp_covers_the_rank_dims(joint_space):
+    """The clamp over groups then rank layers: within budget, and maximal in every dimension."""
+    sp = joint_space
+    rng = np.random.default_rng(2)
+    low = sp.cost_units([d.choices[0] for d in sp.dims])
+    assert low == sp.macs(sp.min_policy()) < sp.cost_units([g.choices[0] for g in sp.groups])  # ranks cut more
+    for _ in range(15):
+        limit = low + rng.uniform(0, 0.6) * (sp.total_macs - low)
+        c = Constraint(sp, "macs", limit)
+        wants = [d.choices[rng.integers(len(d.choices))] for d in sp.dims]
+        decided: list[float] = []
+        for i, want in enumerate(wants):
+            got = c.clamp(decided, want)
+            rest = [d.choices[0] for d in sp.dims[i + 1:]]
+            assert got <= want and got in sp.dims[i].choices
+            assert c.estimate_units([*decided, got, *rest]) <= limit
+            bigger = [x for x in sp.dims[i].choices if got < x <= want]
+            if bigger:
+                assert c.estimate_units([*decided, bigger[0], *rest]) > limit
+            decided.append(got)
+        assert sp.units(c.project(sp.from_units(wants))) == decided
+    # a latency budget: the linear model has a term per dimension, rank layers included
+    calls = []
+    model = LinearLatencyModel.fit(sp, lambda p: calls.append(p) or 0.1 + sp.macs(p) * 1e-7)
+    assert len(calls) == len(sp) + 2 == 32 and model.estimate(sp.full_policy()) == pytest.approx(
+        0.1 + sp.total_macs * 1e-7)
+    assert model.savings[12:].min() > 0  # a rank layer at its smallest rank alone saves time
+    c = Constraint(sp, "latency", 0.1 + 0.4 * sp.total_macs * 1e-7, estimate=model.estimate_units)
+    assert model.estimate(c.project(sp.full_policy())) <= c.limit

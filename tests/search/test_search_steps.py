@@ -62,6 +62,10 @@ def checkpoint(tmp_path_factory):
      r"a tas/snas/scas search leaves a network"),
     ([{"search": {"strategy": "snas", "target": "latency=0.5", "search_images": 100}}],
      r"search_images = 100 must be an integer >= 256"),
+    ([{"search": {"target": "macs=0.5", "lowrank": "svdd"}}, {"prune": {"policy": "search"}}],
+     r"steps\[0\] search: lowrank: 'svdd' is not a low-rank method \(did you mean svd\?\); valid: svd, "),
+    ([{"search": {"strategy": "tas", "target": "macs=0.5", "lowrank": "svd"}}],
+     r"lowrank: adds rank ratios to a candidate search \(amc, evolution, random, uniform\); tas trains"),
 ])
 def test_search_recipes_are_checked_when_read(steps, match) -> None:
     with pytest.raises(UserError, match=match):
@@ -186,3 +190,40 @@ def test_tas_step_hands_its_child_to_finetune_and_the_bundle(tmp_path) -> None:
     assert {"search/tas/search_log.json", "search/tas/search.png", "search/tas/best_arch.json"} <= {
         str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert any(n.startswith("search tas (macs=0.6, 1 epochs") for n in report["notes"])
+
+
+def test_search_step_with_lowrank_then_prune_applies_the_joint_policy(tmp_path) -> None:
+    """search (random, joint space) and `prune: {policy: search}` called directly: pruned, then factorized."""
+    from types import SimpleNamespace
+
+    from edgecompress.devices import get_device
+    from edgecompress.lowrank import LowRank
+    from edgecompress.models import create_model
+    from edgecompress.pipeline.steps import StepContext
+    from edgecompress.prune.steps import prune_step
+    from edgecompress.search.steps import search_step
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1).eval()
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    ctx = StepContext(input_shape=(1, 28, 28), seed=0, splits=SimpleNamespace(train=(x, y), val=(x, y)),
+                      device=get_device("host"), work_dir=tmp_path)
+    space = SearchSpace.from_model(model, (1, 28, 28), round_to=ctx.round_to() or 1, lowrank="spatial-svd")
+    # A budget below what pruning alone reaches: every candidate has to factorize some layer.
+    floor = space.cost_units([g.choices[0] for g in space.groups]), space.macs(space.min_policy())
+    fraction = round(sum(floor) / 2 / space.total_macs, 4)
+    params = {"strategy": "random", "target": f"macs={fraction}", "episodes": 3, "latency": "macs",
+              "val_samples": 64, "bn_batches": 1, "lowrank": "spatial-svd"}
+    assert search_step(model, params, ctx) is model
+    policy = ctx.policy
+    assert policy.lowrank == "spatial-svd" and policy.rank_layers == space.rank_names
+    pruned = prune_step(model, {"policy": "search"}, ctx)
+    record = ctx.records["prune"][0]
+    assert record["config"]["policy"] == policy.to_dict() and record["config"]["from"] == "search step"
+    replaced = {n for n, m in pruned.named_modules() if isinstance(m, LowRank)}
+    assert replaced and replaced == {layer["name"] for layer in record["factorized"]["layers"]}
+    searched = ctx.records["search"][0]
+    assert analyze(pruned, (1, 28, 28)).total_macs == record["macs_after"] == searched["searched"]["best"]["macs"]
+    assert record["macs_after"] <= fraction * space.total_macs
+    assert searched["space"]["rank_layers"] == len(space.ranks)
+    assert f"{len(replaced)} layers factorized with spatial-svd" in ctx.notes[-1]
