@@ -228,6 +228,13 @@ class _Candidate:
     method: str
     rule: Any = None  # an override's rank, or None (the config's rule / the budget search)
     options: list[Any] = field(default_factory=list)  # ranks the budget search may take, by descending cost
+    factors: dict[Any, Any] = field(default_factory=dict, repr=False)  # rank -> Factorized, decomposed once
+
+    def factorized(self, rank: Any):
+        """The layer decomposed at `rank` (CP's ALS is slow: sensitivity, timing and the swap share one result)."""
+        if rank not in self.factors:
+            self.factors[rank] = dec.decompose(self.layer, self.method, rank)
+        return self.factors[rank]
 
 
 def _kind(layer: nn.Module) -> str:
@@ -325,7 +332,7 @@ def factorize_(
     byname = {c.name: c for c in candidates}
     for name, rank in chosen.items():
         c, plan = byname[name], plans[name]
-        fac = dec.decompose(c.layer, c.method, rank)
+        fac = c.factorized(rank)
         fac.module.train(was_training)
         model.set_submodule(name, fac.module)
         plan.status, plan.method, plan.reason = "factorized", c.method, ""
@@ -483,7 +490,7 @@ def _sensitivities(model, pool, config, evaluate) -> dict[tuple[str, Any], float
     jobs = [(c, rank) for c in pool for rank in c.options]
     base = evaluate(model) if config.sensitivity == "accuracy" else None
     for c, rank in track(jobs, description="low-rank sensitivity", transient=True, disable=len(jobs) < 20):
-        fac = dec.decompose(c.layer, c.method, rank)
+        fac = c.factorized(rank)
         if base is None:
             out[(c.name, rank)] = float(fac.rel_error) ** 2  # the fraction of the weight's energy lost
             continue
@@ -511,7 +518,7 @@ def _time(pairs: list[tuple[_Candidate, Any]], timer, measured) -> None:
     todo = list(unique.values())
     if not todo:
         return
-    blocks = [(c.layer if r is None else dec.decompose(c.layer, c.method, r).module, _block_input(c)) for c, r in todo]
+    blocks = [(c.layer if r is None else c.factorized(r).module, _block_input(c)) for c, r in todo]
     for (c, r), ms in zip(todo, timer.time_blocks(blocks)):
         measured[(c.name, r)] = ms
 
